@@ -1,0 +1,91 @@
+"""tufota's shared core: the wire contract every package agrees on.
+
+Target path scheme, firmware ``custom`` fields, the rollout document and the
+cohort function, the device report schema, semantic version precedence, and the
+error hierarchy. No I/O lives here; only ``tuf.api`` and ``securesystemslib``
+are imported, so the device agent can carry it.
+"""
+
+from tufota_core._errors import (
+    ConflictError,
+    InputError,
+    InstallError,
+    NotFoundError,
+    RepositoryError,
+    TransportError,
+    TufotaError,
+    VerificationError,
+)
+from tufota_core._firmware import SEVERITIES, FirmwareInfo
+from tufota_core._names import (
+    ROLLOUTS_ROLE,
+    check_device_id,
+    check_file_name,
+    check_hardware_id,
+    check_tag,
+    firmware_target_path,
+    product_paths,
+    product_role,
+    rollout_target_path,
+)
+from tufota_core._report import (
+    DEVICE_STATES,
+    MAX_REPORT_BYTES,
+    Report,
+    canonical_bytes,
+    parse_envelope,
+    sign_report,
+    verify_report,
+)
+from tufota_core._rollout import (
+    ROLLOUT_STATES,
+    RolloutDoc,
+    Wave,
+    cohort_bucket,
+    parse_wave_spec,
+    validate_waves,
+    wave_index,
+)
+from tufota_core._semver import Version, is_newer
+from tufota_core._time import format_time, parse_time, utcnow
+
+__all__ = [
+    "DEVICE_STATES",
+    "MAX_REPORT_BYTES",
+    "ROLLOUTS_ROLE",
+    "ROLLOUT_STATES",
+    "SEVERITIES",
+    "ConflictError",
+    "FirmwareInfo",
+    "InputError",
+    "InstallError",
+    "NotFoundError",
+    "Report",
+    "RepositoryError",
+    "RolloutDoc",
+    "TransportError",
+    "TufotaError",
+    "VerificationError",
+    "Version",
+    "Wave",
+    "canonical_bytes",
+    "check_device_id",
+    "check_file_name",
+    "check_hardware_id",
+    "check_tag",
+    "cohort_bucket",
+    "firmware_target_path",
+    "format_time",
+    "is_newer",
+    "parse_envelope",
+    "parse_time",
+    "parse_wave_spec",
+    "product_paths",
+    "product_role",
+    "rollout_target_path",
+    "sign_report",
+    "utcnow",
+    "validate_waves",
+    "verify_report",
+    "wave_index",
+]
