@@ -62,8 +62,12 @@ def product_role(hardware_id: str) -> str:
 
 
 def product_paths(hardware_id: str) -> list[str]:
-    """Path patterns delegated to a product line's role."""
-    return [f"{FIRMWARE_PREFIX}/{check_hardware_id(hardware_id)}/*"]
+    """Path patterns delegated to a product line's role.
+
+    TUF's ``*`` does not cross ``/``, so the pattern names both the version
+    and the file segment: ``firmware/<hw>/*/*``.
+    """
+    return [f"{FIRMWARE_PREFIX}/{check_hardware_id(hardware_id)}/*/*"]
 
 
 def firmware_target_path(hardware_id: str, version: str, file_name: str) -> str:

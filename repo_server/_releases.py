@@ -1,0 +1,80 @@
+"""``tufota release add``: sign and publish a release on the embedded default in one step.
+
+This is the shortcut for ``release sign`` + ``release upload`` when the
+release key lives in ``REPO/keys``. A hardware id seen for the first time gets
+its product-line delegation, keyed to the repository's own release key and
+signed by the targets key. The result goes through the same verifying
+``Publisher.publish`` as any upload.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api.metadata import Metadata, Targets
+
+from signing import add_product_line, add_release, empty_delegated, load_signer, sign_all
+from tufota_core import FirmwareInfo, NotFoundError, format_time, product_role, utcnow
+
+from repo_server._layout import Passphrase, Repository
+from repo_server._publisher import Blob
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What ``add_release_locally`` published."""
+
+    target_path: str
+    length: int
+    sha256: str
+    new_product_line: bool
+
+
+def add_release_locally(
+    repo: Repository, firmware: Path, info: FirmwareInfo, passphrase: Passphrase
+) -> ReleaseResult:
+    """Sign ``firmware`` with the repository's release key and publish it.
+
+    Raises:
+        NotFoundError: the firmware file is missing.
+        ConflictError: the version is not newer than the last release.
+        VerificationError: a wrong passphrase or a signature that does not verify.
+    """
+    if not firmware.is_file():
+        raise NotFoundError(f"firmware file {firmware} does not exist")
+    now = utcnow()
+    state = repo.state()
+    role = product_role(info.hardware_id)
+    delegations = state.targets.signed.delegations
+    is_new = delegations is None or delegations.roles is None or role not in delegations.roles
+    new_targets = None
+    if is_new:
+        new_targets = add_product_line(
+            state.targets, info.hardware_id, [repo.key(repo.config.release_key).key], 1, now, repo.expiry
+        )
+        sign_all(new_targets, [load_signer(repo.key(k), passphrase) for k in repo.config.targets_keys])
+    product = state.roles.get(role) or _first_version(repo)
+    signed_info = FirmwareInfo(
+        hardware_id=info.hardware_id,
+        version=info.version,
+        severity=info.severity,
+        cvss=info.cvss,
+        fixes=info.fixes,
+        notes=info.notes,
+        released=format_time(now),
+    )
+    product, target = add_release(product, firmware, signed_info, now, repo.expiry)
+    sign_all(product, [load_signer(repo.key(repo.config.release_key), passphrase)])
+    repo.publisher(passphrase).publish({role: product}, [Blob(target, path=firmware)], new_targets)
+    logger.info("published %s (%d bytes)", target.path, target.length)
+    return ReleaseResult(target.path, target.length, target.hashes["sha256"], is_new)
+
+
+def _first_version(repo: Repository) -> Metadata[Targets]:
+    md = empty_delegated(utcnow(), repo.expiry.product)
+    md.signed.version = 0  # add_release bumps it to 1
+    return md

@@ -1,0 +1,93 @@
+"""Running the ASGI app under uvicorn, in the foreground or in a thread.
+
+The listening socket is bound before uvicorn starts, so a port in use is a
+clean ``InputError`` (one line at the CLI) instead of a log storm, and tests
+can bind port 0 and learn the real port.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+from tufota_core import InputError
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket.
+
+    Raises:
+        InputError: the address is in use or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    return sock
+
+
+def _config(app: FastAPI, tls_cert: str | None, tls_key: str | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        timeout_graceful_shutdown=3,
+    )
+
+
+def run_forever(
+    app: FastAPI, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None
+) -> None:
+    """Serve until interrupted."""
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(_config(app, tls_cert, tls_key))
+    server.run(sockets=[sock])
+
+
+class ServerThread:
+    """uvicorn in a background thread (tests, ``tufota demo``)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._sock = bind_socket(host, port)
+        self.host = host
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(_config(app, None, None))
+        self._server.config.install_signal_handlers = False  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,187 @@
+"""Signing keys on disk: an encrypted private key file and a public key file.
+
+``NAME.key`` holds a PKCS#8 PEM private key encrypted with a passphrase
+(``BestAvailableEncryption``), mode 0600. ``NAME.pub`` holds the public key in
+TUF's key format plus the signer URI ``encfile:NAME.key``, resolved relative
+to the ``.pub`` file so a key directory can move. Private key bytes are never
+logged and never written unencrypted.
+
+The ``encfile`` scheme is registered with securesystemslib, so any code that
+signs through ``Signer.from_priv_key_uri`` can use these keys beside
+``awskms:`` or ``hsm:`` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib import parse
+
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+    load_pem_private_key,
+)
+from securesystemslib.signer import (
+    SIGNER_FOR_URI_SCHEME,
+    CryptoSigner,
+    Key,
+    SecretsHandler,
+    Signature,
+    Signer,
+    SSlibKey,
+)
+
+from tufota_core import InputError, NotFoundError, VerificationError
+
+from signing._fs import atomic_write
+
+KEY_TYPES = ("ed25519", "ecdsa")
+MIN_PASSPHRASE = 8
+
+
+class EncryptedFileSigner(Signer):
+    """A signer for ``encfile:<PATH>``: a passphrase-encrypted PKCS#8 PEM key.
+
+    The passphrase comes from the ``secrets_handler`` ("passphrase").
+    """
+
+    SCHEME = "encfile"
+
+    def __init__(self, inner: CryptoSigner) -> None:
+        self._inner = inner
+
+    @property
+    def public_key(self) -> Key:
+        return self._inner.public_key
+
+    def sign(self, payload: bytes) -> Signature:
+        return self._inner.sign(payload)
+
+    @classmethod
+    def from_priv_key_uri(
+        cls,
+        priv_key_uri: str,
+        public_key: Key,
+        secrets_handler: SecretsHandler | None = None,
+    ) -> EncryptedFileSigner:
+        uri = parse.urlparse(priv_key_uri)
+        if uri.scheme != cls.SCHEME:
+            raise ValueError(f"EncryptedFileSigner does not support {priv_key_uri}")
+        if secrets_handler is None:
+            raise ValueError("an encfile: key needs a passphrase")
+        path = Path(uri.path)
+        try:
+            pem = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"private key file {path} does not exist") from None
+        passphrase = secrets_handler("passphrase")
+        try:
+            private_key = load_pem_private_key(pem, passphrase.encode())
+        except (ValueError, TypeError) as e:
+            raise VerificationError(f"cannot decrypt {path}: wrong passphrase?") from e
+        if not isinstance(public_key, SSlibKey):
+            raise ValueError("encfile keys are SSlibKeys")
+        return cls(CryptoSigner(private_key, public_key))
+
+
+SIGNER_FOR_URI_SCHEME[EncryptedFileSigner.SCHEME] = EncryptedFileSigner
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """A public key and the URI of its private half, as read from ``NAME.pub``."""
+
+    key: SSlibKey
+    uri: str
+    path: Path
+
+    @property
+    def keyid(self) -> str:
+        return self.key.keyid
+
+
+def _private_key(key_type: str) -> CryptoSigner:
+    if key_type == "ed25519":
+        return CryptoSigner.generate_ed25519()
+    if key_type == "ecdsa":
+        return CryptoSigner.generate_ecdsa()
+    raise InputError(f"key type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+
+
+def generate_key(out: Path, passphrase: str, key_type: str = "ed25519") -> KeyFile:
+    """Create ``out.key`` (encrypted) and ``out.pub``.
+
+    Raises:
+        InputError: weak passphrase, unknown key type, or a file already exists.
+    """
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise InputError(f"passphrase must be at least {MIN_PASSPHRASE} characters")
+    priv_path, pub_path = out.with_suffix(".key"), out.with_suffix(".pub")
+    for path in (priv_path, pub_path):
+        if path.exists():
+            raise InputError(f"{path} already exists; refusing to overwrite a key")
+    signer = _private_key(key_type)
+    # CryptoSigner keeps the pyca key private; re-load its PEM to encrypt it.
+    private = load_pem_private_key(signer.private_bytes, None)
+    encrypted = private.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(passphrase.encode())
+    )
+    atomic_write(priv_path, encrypted, mode=0o600)
+    uri = f"{EncryptedFileSigner.SCHEME}:{priv_path.name}"
+    public: dict[str, Any] = {"keyid": signer.public_key.keyid, "uri": uri}
+    public.update(signer.public_key.to_dict())
+    atomic_write(pub_path, (json.dumps(public, indent=1) + "\n").encode())
+    return KeyFile(key=signer.public_key, uri=uri, path=pub_path)
+
+
+def load_public_key(path: Path) -> KeyFile:
+    """Read ``NAME.pub``.
+
+    Raises:
+        NotFoundError: the file does not exist.
+        InputError: it is not a tufota public key file.
+    """
+    try:
+        data = json.loads(path.read_text())
+        keyid = data.pop("keyid")
+        uri = str(data.pop("uri", ""))
+        key = SSlibKey.from_dict(keyid, data)
+    except FileNotFoundError:
+        raise NotFoundError(f"public key file {path} does not exist") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path} is not a public key file: {e}") from e
+    if key.keyid != keyid:
+        raise InputError(f"{path}: key id does not match the key")
+    return KeyFile(key=key, uri=uri, path=path)
+
+
+def load_signer(key_file: KeyFile, passphrase: Callable[[], str]) -> Signer:
+    """A signer for ``key_file``'s private key, asking ``passphrase()`` only if needed.
+
+    Raises:
+        InputError: the key file has no signer URI.
+        VerificationError: wrong passphrase.
+        NotFoundError: the private key file is missing.
+    """
+    if not key_file.uri:
+        raise InputError(f"{key_file.path} names no private key (no 'uri')")
+    uri = key_file.uri
+    if uri.startswith(EncryptedFileSigner.SCHEME + ":") and not uri.startswith(
+        EncryptedFileSigner.SCHEME + ":/"
+    ):
+        uri = f"{EncryptedFileSigner.SCHEME}:{key_file.path.parent / uri.split(':', 1)[1]}"
+    try:
+        return Signer.from_priv_key_uri(uri, key_file.key, lambda _secret: passphrase())
+    except (ValueError, OSError) as e:
+        raise InputError(f"cannot load the private key of {key_file.path}: {e}") from e
+
+
+def passphrase_from_env(env: str = "TUFOTA_PASSPHRASE") -> str | None:
+    """The passphrase from the environment, or None when it is not set."""
+    return os.environ.get(env) or None

@@ -1,0 +1,4 @@
+"""The ``tufota`` command: a thin composition root over the tufota packages.
+
+One module per command group; nothing imports this package.
+"""
