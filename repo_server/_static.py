@@ -42,10 +42,10 @@ def serve_object(storage: Storage, request: Request, key: str) -> Response:
     try:
         check_key(key)
         info = storage.stat(key)
+    except NotFoundError:  # before InputError: it is a subclass
+        raise ApiError(404, "not_found", f"{key} does not exist") from None
     except InputError:
         raise ApiError(400, "bad_path", f"invalid path {key!r}") from None
-    except NotFoundError:
-        raise ApiError(404, "not_found", f"{key} does not exist") from None
     headers = {
         "ETag": info.etag,
         "Last-Modified": formatdate(info.mtime, usegmt=True),

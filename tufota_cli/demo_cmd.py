@@ -68,6 +68,9 @@ def _step(text: str) -> None:
 
 def _run(args: argparse.Namespace, workspace: Path) -> int:
     started = time.monotonic()
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Twenty agents narrating each step drown the story; -v brings them back.
+        logging.getLogger("device_agent").setLevel(logging.WARNING)
     passphrase = secrets.token_urlsafe(16)
 
     def ask() -> str:

@@ -145,10 +145,9 @@ def render_status(status: RolloutStatus) -> str:
             f"state {data['state']}  wave {data['current_wave'] + 1}/{len(data['waves'])}")
     columns = ["eligible", "checked_in", "downloading", "installed", "succeeded", "failed", "rolled_back"]
     rows = [[w["name"]] + [w.get(c, 0) for c in columns] for w in data["waves"]]
-    gate = data.get("gate") or {}
     lines = [head, table(["wave", *columns], rows)]
-    if gate:
-        lines.append(f"gate: {gate.get('text') or gate}")
+    if data.get("gate"):
+        lines.append(f"gate: {data['gate']}")
     return "\n".join(lines)
 
 
@@ -158,7 +157,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.rollout_id:
         statuses = [ctl.status(args.rollout_id)]
     else:
-        statuses = [ctl.status(r.rollout_id) for r in ctl.store.list_rollouts()]
+        with SqliteTrackerStore(repo.tracker_path) as store:
+            statuses = [ctl.status(r.rollout_id) for r in store.list_rollouts()]
     if args.json:
         print_json({"rollouts": [s.to_json() for s in statuses]})
     elif not statuses:
@@ -197,7 +197,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
-    rows = [[d["device_id"], d["hardware_id"], d.get("installed_version"), d.get("latest_version"),
+    latest = {hw: r["latest"] for hw, r in releases.items()}
+    rows = [[d["device_id"], d["hardware_id"], d.get("installed_version"), latest.get(d["hardware_id"]),
              d.get("state"), d.get("last_seen")] for d in data["devices"]]
     print(table(["device", "hardware", "version", "latest", "state", "last seen"], rows))
     return 0

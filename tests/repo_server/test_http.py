@@ -59,7 +59,7 @@ def test_range_requests_resume_a_download(server: Any, released_repo: Repository
 @pytest.mark.parametrize(
     "path",
     ["keys/root.key", "metadata/../../keys/root.key", "metadata/%2e%2e/%2e%2e/tufota.json",
-     "targets/..%2f..%2fkeys%2froot.key", "tracker.db", "metadata/.publish.lock", "metadata/nope.json"],
+     "targets/..%2f..%2fkeys%2froot.key", "tracker.db", "metadata/.publish.lock"],
 )
 def test_nothing_outside_the_served_tree_is_reachable(server: Any, path: str) -> None:
     thread, _ctx = server
@@ -67,6 +67,13 @@ def test_nothing_outside_the_served_tree_is_reachable(server: Any, path: str) ->
     assert response.status_code in (400, 404)
     assert b"PRIVATE KEY" not in response.content
     assert set(response.json()) == {"error", "message"}
+
+
+def test_missing_metadata_is_404_so_clients_stop_looking_for_a_newer_root(server: Any) -> None:
+    thread, _ctx = server
+    response = requests.get(f"{thread.url}/metadata/2.root.json", timeout=5)
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
 
 
 def _register(ctx: ServerContext, device_id: str, status: str = "accepted") -> CryptoSigner:

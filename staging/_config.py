@@ -1,0 +1,47 @@
+"""Limits and defaults of the staging package, in one place.
+
+Invariant: every value has a safe default, so ``StagingConfig()`` is a working
+configuration; a deployment overrides fields, never code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tufota_core import InputError
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    """Limits of the tracker store and the rollout controller.
+
+    Attributes:
+        busy_timeout_seconds: how long a writer waits for another process's
+            lock on the SQLite file before failing with ``StoreError``.
+        max_tags: most tags one device may carry.
+        max_public_key_bytes: largest serialised public key accepted at registration.
+        max_reason_length: longest reason text stored with a rollout change.
+        history_limit: most events ``device_history``/``rollout_history`` return.
+        max_steps_per_tick: most wave changes one rollout makes in one ``tick``
+            (several happen only when waves hold no devices of their own).
+    """
+
+    busy_timeout_seconds: float = 10.0
+    max_tags: int = 32
+    max_public_key_bytes: int = 8 * 1024
+    max_reason_length: int = 1024
+    history_limit: int = 1000
+    max_steps_per_tick: int = 32
+
+    def __post_init__(self) -> None:
+        if self.busy_timeout_seconds < 0:
+            raise InputError("busy_timeout_seconds must be >= 0")
+        for name in (
+            "max_tags",
+            "max_public_key_bytes",
+            "max_reason_length",
+            "history_limit",
+            "max_steps_per_tick",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1")

@@ -1,0 +1,228 @@
+"""Values the tracker store returns: devices, rollouts, options and history events.
+
+Invariants:
+* Every value is a frozen dataclass; nothing of the storage engine leaks out.
+* Times are timezone-aware UTC with whole seconds (what ``tufota_core.utcnow``
+  returns); ``to_json`` writes them with ``tufota_core.format_time``.
+* ``RolloutOptions`` validates itself, so a stored rollout always has usable gates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tufota_core import InputError, Wave, format_time
+
+DEVICE_STATUSES = ("pending", "accepted", "revoked")
+"""Registration status: ``revoked`` devices are ignored by every rollout gate."""
+
+EVENT_KINDS = (
+    "registered",
+    "status",
+    "report",
+    "started",
+    "wave_advanced",
+    "paused",
+    "resumed",
+    "aborted",
+    "completed",
+)
+"""What an ``Event`` records: a device change (first three) or a rollout change."""
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """The gates of a rollout.
+
+    Attributes:
+        success_threshold: fraction (0-1] of eligible devices in the waves so far
+            that must run the new version before the next wave opens.
+        failure_threshold: fraction (0-1] of eligible devices that failed or
+            rolled back at which the rollout pauses itself.
+        soak_seconds: least time a wave stays open before the next one may open.
+        min_devices: least number of devices that must have succeeded before the
+            gate opens; when fewer devices are eligible, all of them must succeed.
+    """
+
+    success_threshold: float = 0.95
+    failure_threshold: float = 0.05
+    soak_seconds: int = 0
+    min_devices: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.success_threshold <= 1.0:
+            raise InputError(f"success threshold {self.success_threshold} is outside (0, 1]")
+        if not 0.0 < self.failure_threshold <= 1.0:
+            raise InputError(f"failure threshold {self.failure_threshold} is outside (0, 1]")
+        if isinstance(self.soak_seconds, bool) or self.soak_seconds < 0:
+            raise InputError(f"soak time {self.soak_seconds} s must be >= 0")
+        if isinstance(self.min_devices, bool) or self.min_devices < 0:
+            raise InputError(f"minimum device count {self.min_devices} must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "success_threshold": self.success_threshold,
+            "failure_threshold": self.failure_threshold,
+            "soak_seconds": self.soak_seconds,
+            "min_devices": self.min_devices,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RolloutOptions:
+        """Build options from JSON; missing fields take their defaults.
+
+        Raises:
+            InputError: an unknown field or a value out of range.
+        """
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"unknown rollout options: {', '.join(sorted(unknown))}")
+        try:
+            return cls(
+                success_threshold=float(data.get("success_threshold", 0.95)),
+                failure_threshold=float(data.get("failure_threshold", 0.05)),
+                soak_seconds=int(data.get("soak_seconds", 0)),
+                min_devices=int(data.get("min_devices", 0)),
+            )
+        except (TypeError, ValueError) as e:
+            raise InputError(f"rollout options are malformed: {e}") from e
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A registered device and what its last accepted report said.
+
+    ``state`` is None until the first report. ``target_version`` and
+    ``rollout_id`` are what the device last said it was working towards. The
+    ``failed_*`` fields keep the last ``failed``/``rolled_back`` report even after
+    later heartbeats, so a failure is not forgotten when the device goes idle.
+    """
+
+    device_id: str
+    hardware_id: str
+    tags: tuple[str, ...]
+    public_key: Mapping[str, Any] = field(compare=False)
+    status: str
+    registered_at: datetime
+    last_seq: int = 0
+    installed_version: str | None = None
+    target_version: str | None = None
+    rollout_id: str | None = None
+    state: str | None = None
+    last_seen: datetime | None = None
+    error_code: str | None = None
+    error_message: str = ""
+    failed_state: str | None = None
+    failed_version: str | None = None
+    failed_rollout_id: str | None = None
+    failed_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "hardware_id": self.hardware_id,
+            "tags": list(self.tags),
+            "public_key": dict(self.public_key),
+            "status": self.status,
+            "registered_at": _time(self.registered_at),
+            "last_seq": self.last_seq,
+            "installed_version": self.installed_version,
+            "target_version": self.target_version,
+            "rollout_id": self.rollout_id,
+            "state": self.state,
+            "last_seen": _time(self.last_seen),
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "failed_state": self.failed_state,
+            "failed_version": self.failed_version,
+            "failed_rollout_id": self.failed_rollout_id,
+            "failed_at": _time(self.failed_at),
+        }
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout as the tracker stores it.
+
+    ``revision`` grows by one with every change; ``published_revision`` is the
+    revision whose document the publisher last accepted. ``failures_since`` is
+    when the rollout last became active: failures reported before it no longer
+    pause the rollout (so a resume is not undone by old failures).
+    """
+
+    rollout_id: str
+    hardware_id: str
+    version: str
+    target_path: str
+    waves: tuple[Wave, ...]
+    options: RolloutOptions
+    state: str
+    current_wave: int
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+    wave_started_at: datetime
+    failures_since: datetime
+    revision: int
+    published_revision: int
+
+    @property
+    def live(self) -> bool:
+        """True while active or paused, i.e. not finished."""
+        return self.state in ("active", "paused")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rollout_id": self.rollout_id,
+            "hardware_id": self.hardware_id,
+            "version": self.version,
+            "target_path": self.target_path,
+            "waves": [w.to_json() for w in self.waves],
+            "options": self.options.to_json(),
+            "state": self.state,
+            "current_wave": self.current_wave,
+            "reason": self.reason,
+            "created_at": _time(self.created_at),
+            "updated_at": _time(self.updated_at),
+            "wave_started_at": _time(self.wave_started_at),
+            "failures_since": _time(self.failures_since),
+            "revision": self.revision,
+            "published_revision": self.published_revision,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One history entry: a device change or a rollout change, with its reason."""
+
+    event_id: int
+    at: datetime
+    kind: str
+    device_id: str | None = None
+    rollout_id: str | None = None
+    state: str | None = None
+    version: str | None = None
+    wave: int | None = None
+    seq: int | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "at": format_time(self.at),
+            "kind": self.kind,
+            "device_id": self.device_id,
+            "rollout_id": self.rollout_id,
+            "state": self.state,
+            "version": self.version,
+            "wave": self.wave,
+            "seq": self.seq,
+            "reason": self.reason,
+        }

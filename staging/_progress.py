@@ -1,0 +1,375 @@
+"""Rollout progress and gates: a pure function of a rollout, its devices and the time.
+
+Nothing here does I/O; the controller feeds it what the store returned and acts
+on the verdict. Rules:
+
+1. The devices of a rollout are the registered, non-revoked devices of its
+   hardware id (``pending`` ones count: they poll the same document).
+2. A device's wave is ``tufota_core.wave_index`` over the rollout's waves, the
+   very function devices evaluate, so the tracker expects exactly the devices
+   that will act. Devices in no wave are "not targeted".
+3. Each device is in exactly one outcome, first match wins:
+   ``succeeded`` (its installed version is the rollout version), ``failed`` /
+   ``rolled_back`` (its last failure was for this version or rollout; a retry
+   does not clear it, only success does), ``downloading`` (downloading,
+   downloaded), ``installed`` (installing, rebooting, verifying), else
+   ``waiting``. ``checked_in`` counts devices seen since the rollout started.
+4. The gate looks at the waves up to the current one together (waves are
+   cumulative):
+
+   * it *fails* when failures since the rollout last became active reach
+     ``failure_threshold`` of the eligible devices (and at least one failed);
+   * it *opens* when succeeded >= ``success_threshold`` x eligible, at least
+     ``min_devices`` succeeded (all of them when fewer are eligible), and the
+     current wave has been open ``soak_seconds``;
+   * a current wave that holds no eligible devices of its own opens at once,
+     without soak, whatever the earlier waves look like. Failing wins over
+     opening.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from staging._model import DeviceRecord, RolloutOptions, RolloutRecord
+from tufota_core import Version, format_time, wave_index
+
+OUTCOMES = ("succeeded", "failed", "rolled_back", "downloading", "installed", "waiting")
+_DOWNLOADING = ("downloading", "downloaded")
+_INSTALLING = ("installing", "rebooting", "verifying")
+_EPSILON = 1e-9
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
+
+
+def classify(rollout: RolloutRecord, device: DeviceRecord) -> str:
+    """The device's outcome for this rollout: one of ``OUTCOMES`` (rule 3)."""
+    if device.installed_version == rollout.version:
+        return "succeeded"
+    if device.failed_state is not None and (
+        device.failed_version == rollout.version or device.failed_rollout_id == rollout.rollout_id
+    ):
+        return device.failed_state
+    working = device.target_version == rollout.version or device.rollout_id == rollout.rollout_id
+    if working and device.state in _DOWNLOADING:
+        return "downloading"
+    if working and device.state in _INSTALLING:
+        return "installed"
+    return "waiting"
+
+
+@dataclass(frozen=True)
+class WaveStatus:
+    """Counts of one wave (or of the whole rollout when ``name`` is ``total``)."""
+
+    name: str
+    eligible: int = 0
+    checked_in: int = 0
+    downloading: int = 0
+    installed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    rolled_back: int = 0
+    waiting: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "eligible": self.eligible,
+            "checked_in": self.checked_in,
+            "downloading": self.downloading,
+            "installed": self.installed,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "rolled_back": self.rolled_back,
+            "waiting": self.waiting,
+        }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The verdict on a rollout: open the next step, pause it, or wait (and for what)."""
+
+    ready: bool
+    failing: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """Where a rollout stands, per wave and overall; JSON-able for CLI and dashboard."""
+
+    rollout_id: str
+    hardware_id: str
+    version: str
+    target_path: str
+    state: str
+    current_wave: int
+    reason: str
+    options: RolloutOptions
+    created_at: datetime
+    updated_at: datetime
+    wave_started_at: datetime
+    published: bool
+    waves: tuple[WaveStatus, ...]
+    total: WaveStatus
+    not_targeted: int
+    gate: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rollout_id": self.rollout_id,
+            "hardware_id": self.hardware_id,
+            "version": self.version,
+            "target_path": self.target_path,
+            "state": self.state,
+            "current_wave": self.current_wave,
+            "current_wave_name": self.waves[self.current_wave].name,
+            "reason": self.reason,
+            "options": self.options.to_json(),
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.updated_at),
+            "wave_started_at": format_time(self.wave_started_at),
+            "published": self.published,
+            "waves": [w.to_json() for w in self.waves],
+            "total": self.total.to_json(),
+            "not_targeted": self.not_targeted,
+            "gate": self.gate,
+        }
+
+
+def _count(name: str, rollout: RolloutRecord, devices: Iterable[DeviceRecord]) -> WaveStatus:
+    outcomes: Counter[str] = Counter()
+    eligible = checked_in = 0
+    for device in devices:
+        eligible += 1
+        if device.last_seen is not None and device.last_seen >= rollout.created_at:
+            checked_in += 1
+        outcomes[classify(rollout, device)] += 1
+    return WaveStatus(name, eligible, checked_in, **{o: outcomes[o] for o in OUTCOMES})
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def evaluate(
+    rollout: RolloutRecord, devices: Iterable[DeviceRecord], now: datetime
+) -> tuple[RolloutStatus, Gate]:
+    """Count the rollout's devices per wave and judge its gate (module rules 1-4).
+
+    Args:
+        rollout: the rollout.
+        devices: devices to consider; other hardware ids and revoked ones are skipped.
+        now: the current time, for soak.
+    """
+    waves = list(rollout.waves)
+    members: list[list[DeviceRecord]] = [[] for _ in waves]
+    not_targeted = 0
+    for device in devices:
+        if device.hardware_id != rollout.hardware_id or device.status == "revoked":
+            continue
+        index = wave_index(rollout.rollout_id, waves, device.device_id, device.tags)
+        if index is None:
+            not_targeted += 1
+        else:
+            members[index].append(device)
+    per_wave = tuple(_count(w.name, rollout, m) for w, m in zip(waves, members, strict=True))
+    total = _count("total", rollout, (d for m in members for d in m))
+    gate = _gate(rollout, members, per_wave, now)
+    status = RolloutStatus(
+        rollout_id=rollout.rollout_id,
+        hardware_id=rollout.hardware_id,
+        version=rollout.version,
+        target_path=rollout.target_path,
+        state=rollout.state,
+        current_wave=rollout.current_wave,
+        reason=rollout.reason,
+        options=rollout.options,
+        created_at=rollout.created_at,
+        updated_at=rollout.updated_at,
+        wave_started_at=rollout.wave_started_at,
+        published=rollout.published_revision >= rollout.revision,
+        waves=per_wave,
+        total=total,
+        not_targeted=not_targeted,
+        gate=gate.text,
+    )
+    return status, gate
+
+
+def _gate(
+    rollout: RolloutRecord,
+    members: list[list[DeviceRecord]],
+    per_wave: tuple[WaveStatus, ...],
+    now: datetime,
+) -> Gate:
+    current = rollout.current_wave
+    wave = rollout.waves[current]
+    if rollout.state == "completed":
+        return Gate(False, False, "completed: every wave met its gate")
+    if rollout.state in ("paused", "aborted"):
+        return Gate(False, False, f"{rollout.state}: {rollout.reason or 'no reason given'}")
+
+    opts = rollout.options
+    open_devices = [d for m in members[: current + 1] for d in m]
+    eligible = len(open_devices)
+    succeeded = sum(per_wave[i].succeeded for i in range(current + 1))
+    recent_failures = sum(
+        1
+        for d in open_devices
+        if classify(rollout, d) in ("failed", "rolled_back")
+        and d.failed_at is not None
+        and d.failed_at >= rollout.failures_since
+    )
+    last = current == len(rollout.waves) - 1
+    step = "completion" if last else f"wave '{rollout.waves[current + 1].name}'"
+    where = f"wave {current + 1}/{len(rollout.waves)} '{wave.name}'"
+
+    if recent_failures and recent_failures >= opts.failure_threshold * eligible - _EPSILON:
+        return Gate(
+            False,
+            True,
+            f"{recent_failures} of {eligible} devices in the open waves failed or rolled back "
+            f"({_pct(recent_failures, eligible)}, failure threshold "
+            f"{opts.failure_threshold * 100:g}%)",
+        )
+    if per_wave[current].eligible == 0:
+        return Gate(True, False, f"{where} holds no devices; {step} is due")
+
+    needed = max(
+        math.ceil(opts.success_threshold * eligible - _EPSILON), min(opts.min_devices, eligible)
+    )
+    waits: list[str] = []
+    if succeeded < needed:
+        waits.append(
+            f"{needed - succeeded} more successes ({succeeded}/{eligible} = "
+            f"{_pct(succeeded, eligible)}, needs {needed})"
+        )
+    soak_end = rollout.wave_started_at + timedelta(seconds=opts.soak_seconds)
+    if now < soak_end:
+        left = int((soak_end - now).total_seconds())
+        waits.append(f"soak until {format_time(soak_end)} ({left} s left)")
+    if waits:
+        return Gate(False, False, f"{where}: {step} waits for {' and '.join(waits)}")
+    return Gate(True, False, f"{where}: {succeeded}/{eligible} succeeded; gate met, {step} is due")
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """One device's patch status.
+
+    ``up_to_date`` is None when the latest version of its hardware is not
+    known or the device has not said what it runs.
+    """
+
+    device_id: str
+    hardware_id: str
+    status: str
+    installed_version: str | None
+    state: str | None
+    last_seen: datetime | None
+    rollout_id: str | None
+    error_code: str | None
+    up_to_date: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "hardware_id": self.hardware_id,
+            "status": self.status,
+            "installed_version": self.installed_version,
+            "state": self.state,
+            "last_seen": _time(self.last_seen),
+            "rollout_id": self.rollout_id,
+            "error_code": self.error_code,
+            "up_to_date": self.up_to_date,
+        }
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """Versions and states across the fleet.
+
+    Summary counts skip revoked devices; ``devices`` lists every device.
+    ``unknown`` stands for a missing version or a device that never reported.
+    """
+
+    hardware_id: str | None
+    devices: tuple[DeviceSummary, ...]
+    by_version: Mapping[str, int] = field(default_factory=dict)
+    by_state: Mapping[str, int] = field(default_factory=dict)
+    by_status: Mapping[str, int] = field(default_factory=dict)
+    up_to_date: int = 0
+    outdated: int = 0
+    unknown: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hardware_id": self.hardware_id,
+            "devices": [d.to_json() for d in self.devices],
+            "by_version": dict(self.by_version),
+            "by_state": dict(self.by_state),
+            "by_status": dict(self.by_status),
+            "up_to_date": self.up_to_date,
+            "outdated": self.outdated,
+            "unknown": self.unknown,
+        }
+
+
+def _is_current(installed: str | None, latest: str | None) -> bool | None:
+    if installed is None or latest is None:
+        return None
+    return Version.parse(installed) >= Version.parse(latest)
+
+
+def fleet(
+    hardware_id: str | None,
+    devices: Iterable[DeviceRecord],
+    latest_versions: Mapping[str, str] | None = None,
+) -> FleetStatus:
+    """Summarise devices' versions, states and patch status."""
+    latest = latest_versions or {}
+    summaries: list[DeviceSummary] = []
+    by_version: Counter[str] = Counter()
+    by_state: Counter[str] = Counter()
+    by_status: Counter[str] = Counter()
+    verdicts: Counter[bool | None] = Counter()
+    for d in devices:
+        current = _is_current(d.installed_version, latest.get(d.hardware_id))
+        summaries.append(
+            DeviceSummary(
+                d.device_id,
+                d.hardware_id,
+                d.status,
+                d.installed_version,
+                d.state,
+                d.last_seen,
+                d.rollout_id,
+                d.error_code,
+                current,
+            )
+        )
+        by_status[d.status] += 1
+        if d.status == "revoked":
+            continue
+        by_version[d.installed_version or "unknown"] += 1
+        by_state[d.state or "unknown"] += 1
+        verdicts[current] += 1
+    return FleetStatus(
+        hardware_id=hardware_id,
+        devices=tuple(summaries),
+        by_version=dict(sorted(by_version.items())),
+        by_state=dict(sorted(by_state.items())),
+        by_status=dict(sorted(by_status.items())),
+        up_to_date=verdicts[True],
+        outdated=verdicts[False],
+        unknown=verdicts[None],
+    )
