@@ -25,6 +25,9 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from securesystemslib.signer import SSlibKey
 
+from repo_server._errors import EXCEPTION_HANDLERS, ApiError
+from repo_server._publisher import Publisher
+from repo_server._static import serve_object
 from staging import ReplayError, RolloutController, TrackerStore
 from tufota_core import (
     MAX_REPORT_BYTES,
@@ -38,10 +41,6 @@ from tufota_core import (
     utcnow,
     verify_report,
 )
-
-from repo_server._errors import EXCEPTION_HANDLERS, ApiError
-from repo_server._publisher import Publisher
-from repo_server._static import serve_object
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,10 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
             "status": "ok",
             "time": format_time(now),
             "roles": {
-                role: {"expires": format_time(when), "seconds_left": int((when - now).total_seconds())}
+                role: {
+                    "expires": format_time(when),
+                    "seconds_left": int((when - now).total_seconds()),
+                }
                 for role, when in sorted(expiries.items())
             },
         }
@@ -184,5 +186,3 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         return ctx.controller.fleet_status().to_json()
 
     return app
-
-

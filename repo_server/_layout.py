@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repo_server._publisher import OnlineSigners, Publisher, RepoState, load_state
+from repo_server._storage import LocalStorage, Storage
 from signing import (
     Expiry,
     KeyFile,
@@ -35,9 +37,6 @@ from signing import (
     sign_all,
 )
 from tufota_core import InputError, NotFoundError, RepositoryError, utcnow
-
-from repo_server._publisher import OnlineSigners, Publisher, RepoState, load_state
-from repo_server._storage import LocalStorage, Storage
 
 CONFIG_FILE = "tufota.json"
 FORMAT = 1
@@ -93,7 +92,9 @@ class Repository:
         """
         config_path = path / CONFIG_FILE
         if not config_path.is_file():
-            raise NotFoundError(f"{path} is not a tufota repository (no {CONFIG_FILE}); run 'tufota init'")
+            raise NotFoundError(
+                f"{path} is not a tufota repository (no {CONFIG_FILE}); run 'tufota init'"
+            )
         try:
             data = json.loads(config_path.read_text())
         except (OSError, ValueError) as e:
@@ -124,7 +125,9 @@ class Repository:
             def ask() -> str:
                 return passphrase
 
-            root = new_root([keys["root"].key], 1, [keys["targets"].key], keys["online"].key, now, repo.expiry)
+            root = new_root(
+                [keys["root"].key], 1, [keys["targets"].key], keys["online"].key, now, repo.expiry
+            )
             sign_all(root, [load_signer(keys["root"], ask)])
             targets = new_targets(keys["rollouts"].key, now, repo.expiry)
             sign_all(targets, [load_signer(keys["targets"], ask)])

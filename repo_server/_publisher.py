@@ -40,11 +40,11 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from repo_server._storage import Storage
 from signing import Expiry
 from tufota_core import (
     ROLLOUTS_ROLE,
     ConflictError,
-    InputError,
     NotFoundError,
     RepositoryError,
     RolloutDoc,
@@ -52,8 +52,6 @@ from tufota_core import (
     rollout_target_path,
     utcnow,
 )
-
-from repo_server._storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +79,9 @@ class RepoState:
     targets: Metadata[Targets]
     roles: dict[str, Metadata[Targets]] = field(default_factory=dict)
 
-    def delegated_role(self, name: str, delegator: Metadata[Targets] | None = None) -> DelegatedRole:
+    def delegated_role(
+        self, name: str, delegator: Metadata[Targets] | None = None
+    ) -> DelegatedRole:
         delegations = (delegator or self.targets).signed.delegations
         if delegations is None or delegations.roles is None or name not in delegations.roles:
             raise NotFoundError(f"role {name} is not delegated by targets")
@@ -155,7 +155,9 @@ def load_state(storage: Storage) -> RepoState:
     return RepoState(root, timestamp, snapshot, targets, roles)
 
 
-def _verify_signed_by(delegator: Metadata[Root] | Metadata[Targets], role: str, md: Metadata[Targets]) -> None:
+def _verify_signed_by(
+    delegator: Metadata[Root] | Metadata[Targets], role: str, md: Metadata[Targets]
+) -> None:
     try:
         delegator.verify_delegate(role, md)
     except UnsignedMetadataError as e:
@@ -214,7 +216,10 @@ class Publisher:
             self.storage.put(metadata_key(Targets.type, 1), targets.to_bytes())
             self.storage.put(metadata_key(ROLLOUTS_ROLE, 1), rollouts.to_bytes())
             snapshot = Metadata(Snapshot(expires=now + self.expiry.snapshot))
-            snapshot.signed.meta = {"targets.json": MetaFile(1), f"{ROLLOUTS_ROLE}.json": MetaFile(1)}
+            snapshot.signed.meta = {
+                "targets.json": MetaFile(1),
+                f"{ROLLOUTS_ROLE}.json": MetaFile(1),
+            }
             self._write_snapshot_and_timestamp(snapshot, None, signers, now)
         logger.info("published a new repository (root v1)")
 
@@ -268,7 +273,9 @@ class Publisher:
         for name in changed:
             version = (targets if name == Targets.type else roles[name]).signed.version  # type: ignore[union-attr]
             snapshot.signed.meta[f"{name}.json"] = MetaFile(version)
-        self._write_snapshot_and_timestamp(snapshot, state.timestamp, self._signers(), self._clock())
+        self._write_snapshot_and_timestamp(
+            snapshot, state.timestamp, self._signers(), self._clock()
+        )
         logger.debug("published %s", ", ".join(sorted(changed)))
         return True
 
@@ -333,7 +340,9 @@ class Publisher:
         except Exception as e:
             if isinstance(e, VerificationError):
                 raise
-            raise VerificationError(f"{target.path}: file does not match its signed length and hash") from e
+            raise VerificationError(
+                f"{target.path}: file does not match its signed length and hash"
+            ) from e
 
     # -- online roles --------------------------------------------------------
 
@@ -386,7 +395,9 @@ class Publisher:
             # Reload the stored copy so the version check compares against it.
             state.roles[ROLLOUTS_ROLE] = load_state(self.storage).roles[ROLLOUTS_ROLE]
             self._publish_locked(state, {ROLLOUTS_ROLE: rollouts}, [Blob(target, data=data)], None)
-        logger.info("published rollout %s (%s, wave %d)", doc.rollout_id, doc.state, doc.current_wave + 1)
+        logger.info(
+            "published rollout %s (%s, wave %d)", doc.rollout_id, doc.state, doc.current_wave + 1
+        )
 
     def refresh_online(self, margin: timedelta | None = None) -> list[str]:
         """Re-sign the online roles that expire within ``margin``.
@@ -406,8 +417,12 @@ class Publisher:
                 rollouts.signed.expires = now + self.expiry.rollouts
                 rollouts.signatures.clear()
                 rollouts.sign(signers.rollouts)
-                self.storage.put(metadata_key(ROLLOUTS_ROLE, rollouts.signed.version), rollouts.to_bytes())
-                state.snapshot.signed.meta[f"{ROLLOUTS_ROLE}.json"] = MetaFile(rollouts.signed.version)
+                self.storage.put(
+                    metadata_key(ROLLOUTS_ROLE, rollouts.signed.version), rollouts.to_bytes()
+                )
+                state.snapshot.signed.meta[f"{ROLLOUTS_ROLE}.json"] = MetaFile(
+                    rollouts.signed.version
+                )
                 renewed.append(ROLLOUTS_ROLE)
             snap_margin = margin if margin is not None else self.expiry.snapshot / 2
             ts_margin = margin if margin is not None else self.expiry.timestamp / 2
@@ -439,5 +454,3 @@ class Publisher:
         for name, md in state.roles.items():
             result[name] = md.signed.expires
         return result
-
-

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Targets
 
-from signing import add_product_line, add_release, empty_delegated, load_signer, sign_all
-from tufota_core import FirmwareInfo, NotFoundError, format_time, product_role, utcnow
-
 from repo_server._layout import Passphrase, Repository
 from repo_server._publisher import Blob
+from signing import add_product_line, add_release, empty_delegated, load_signer, sign_all
+from tufota_core import FirmwareInfo, NotFoundError, format_time, product_role, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +53,16 @@ def add_release_locally(
     new_targets = None
     if is_new:
         new_targets = add_product_line(
-            state.targets, info.hardware_id, [repo.key(repo.config.release_key).key], 1, now, repo.expiry
+            state.targets,
+            info.hardware_id,
+            [repo.key(repo.config.release_key).key],
+            1,
+            now,
+            repo.expiry,
         )
-        sign_all(new_targets, [load_signer(repo.key(k), passphrase) for k in repo.config.targets_keys])
+        sign_all(
+            new_targets, [load_signer(repo.key(k), passphrase) for k in repo.config.targets_keys]
+        )
     product = state.roles.get(role) or _first_version(repo)
     signed_info = FirmwareInfo(
         hardware_id=info.hardware_id,

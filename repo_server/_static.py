@@ -16,10 +16,9 @@ from email.utils import formatdate, parsedate_to_datetime
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from tufota_core import InputError, NotFoundError
-
 from repo_server._errors import ApiError
 from repo_server._storage import ObjectInfo, Storage, check_key
+from tufota_core import InputError, NotFoundError
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -27,7 +26,10 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 def _not_modified(request: Request, info: ObjectInfo) -> bool:
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None:
-        return info.etag in [t.strip() for t in if_none_match.split(",")] or if_none_match.strip() == "*"
+        return (
+            info.etag in [t.strip() for t in if_none_match.split(",")]
+            or if_none_match.strip() == "*"
+        )
     since = request.headers.get("if-modified-since")
     if since:
         try:
@@ -61,8 +63,12 @@ def serve_object(storage: Storage, request: Request, key: str) -> Response:
     if range_header and request.headers.get("if-range", info.etag) == info.etag:
         match = _RANGE.match(range_header.strip())
         if match is None or match.groups() == ("", ""):
-            raise ApiError(416, "bad_range", f"unsupported Range {range_header!r}",
-                           headers={"Content-Range": f"bytes */{info.size}"})
+            raise ApiError(
+                416,
+                "bad_range",
+                f"unsupported Range {range_header!r}",
+                headers={"Content-Range": f"bytes */{info.size}"},
+            )
         first, last = match.groups()
         if first == "":
             start = max(info.size - int(last), 0)
@@ -70,12 +76,17 @@ def serve_object(storage: Storage, request: Request, key: str) -> Response:
             start = int(first)
             end = min(int(last), info.size - 1) if last else info.size - 1
         if start >= info.size or start > end:
-            raise ApiError(416, "bad_range", f"Range {range_header!r} is outside 0-{info.size - 1}",
-                           headers={"Content-Range": f"bytes */{info.size}"})
+            raise ApiError(
+                416,
+                "bad_range",
+                f"Range {range_header!r} is outside 0-{info.size - 1}",
+                headers={"Content-Range": f"bytes */{info.size}"},
+            )
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
     headers["Content-Length"] = str(end - start + 1 if info.size else 0)
     if request.method == "HEAD" or info.size == 0:
         return Response(status_code=status, headers=headers, media_type=media)
-    return StreamingResponse(storage.iter_range(key, start, end), status_code=status,
-                             headers=headers, media_type=media)
+    return StreamingResponse(
+        storage.iter_range(key, start, end), status_code=status, headers=headers, media_type=media
+    )

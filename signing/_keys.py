@@ -37,9 +37,8 @@ from securesystemslib.signer import (
     SSlibKey,
 )
 
-from tufota_core import InputError, NotFoundError, VerificationError
-
 from signing._fs import atomic_write
+from tufota_core import InputError, NotFoundError, VerificationError
 
 KEY_TYPES = ("ed25519", "ecdsa")
 MIN_PASSPHRASE = 8

@@ -27,8 +27,8 @@ from tuf.api.metadata import (
     Delegations,
     Metadata,
     Root,
-    Targets,
     TargetFile,
+    Targets,
 )
 
 from tufota_core import (
@@ -37,6 +37,7 @@ from tufota_core import (
     FirmwareInfo,
     InputError,
     NotFoundError,
+    RepositoryError,
     Version,
     firmware_target_path,
     product_paths,
@@ -88,13 +89,11 @@ def new_root(
 
 def new_targets(rollouts_key: Key, now: datetime, expiry: Expiry) -> Metadata[Targets]:
     """Version 1 of top-level targets: no firmware, only the ``rollouts`` delegation."""
-    delegations = Delegations(keys={}, roles={})
-    targets = Targets(expires=_expires(now, expiry.targets), delegations=delegations)
+    targets = Targets(expires=_expires(now, expiry.targets))
     role = DelegatedRole(
         name=ROLLOUTS_ROLE, keyids=[], threshold=1, terminating=True, paths=["rollouts/*"]
     )
-    assert targets.delegations is not None and targets.delegations.roles is not None
-    targets.delegations.roles[ROLLOUTS_ROLE] = role
+    targets.delegations = Delegations(keys={}, roles={ROLLOUTS_ROLE: role})
     targets.add_key(rollouts_key, ROLLOUTS_ROLE)
     return Metadata(targets)
 
@@ -131,11 +130,16 @@ def add_product_line(
         raise InputError(f"threshold {threshold} needs at least that many keys")
     name = product_role(hardware_id)
     delegations = targets.signed.delegations
-    assert delegations is not None and delegations.roles is not None
+    if delegations is None or delegations.roles is None:
+        raise RepositoryError("targets metadata has no delegations to extend")
     if name in delegations.roles:
         raise ConflictError(f"product line {hardware_id} is already delegated")
     delegations.roles[name] = DelegatedRole(
-        name=name, keyids=[], threshold=threshold, terminating=True, paths=product_paths(hardware_id)
+        name=name,
+        keyids=[],
+        threshold=threshold,
+        terminating=True,
+        paths=product_paths(hardware_id),
     )
     for key in keys:
         targets.signed.add_key(key, name)

@@ -13,7 +13,7 @@ from typing import Any
 from repo_server import Repository
 from tufota_core import InputError
 
-PASSPHRASE_ENV = "TUFOTA_PASSPHRASE"
+PASSPHRASE_ENV = "TUFOTA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
 
 def passphrase_source(confirm: bool = False) -> Callable[[], str]:
@@ -54,6 +54,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -20,12 +20,11 @@ from pathlib import Path
 from device_agent import Agent, AgentConfig
 from repo_server import Repository, ServerThread, add_release_locally, create_app
 from staging import RolloutOptions
-from tufota_core import FirmwareInfo, parse_wave_spec
-
 from tufota_cli._common import table
+from tufota_cli.device_cmds import provision_device
 from tufota_cli.repo_cmds import build_context
 from tufota_cli.rollout_cmds import find_release, render_status
-from tufota_cli.device_cmds import provision_device
+from tufota_core import FirmwareInfo, parse_wave_spec
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,10 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
     repo = Repository.create(workspace / "repo", passphrase)
     firmware = workspace / "firmware"
     firmware.mkdir()
-    for version, extra in ((OLD, {}), (NEW, {"severity": "high", "cvss": 8.1, "fixes": ("CVE-2026-1234",)})):
+    for version, extra in (
+        (OLD, {}),
+        (NEW, {"severity": "high", "cvss": 8.1, "fixes": ("CVE-2026-1234",)}),
+    ):
         image = firmware / f"gw-100-{version}.img"
         image.write_bytes(f"tufota demo image {version}\n".encode() * 4096)
         info = FirmwareInfo(hardware_id=HARDWARE, version=version, **extra)  # type: ignore[arg-type]
@@ -95,14 +97,27 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
         for n in range(args.devices):
             device_id = f"dev-{n + 1:03d}"
             tags = ["canary"] if n < args.canaries else []
-            path = provision_device(repo, device_id, HARDWARE, workspace / "devices" / device_id, tags,
-                                    server_url=server.url, factory_version=OLD, poll_interval=5)
+            path = provision_device(
+                repo,
+                device_id,
+                HARDWARE,
+                workspace / "devices" / device_id,
+                tags,
+                server_url=server.url,
+                factory_version=OLD,
+                poll_interval=5,
+            )
             configs.append(path)
         _step(f"provisioned {len(configs)} devices ({args.canaries} canaries) on {OLD}")
 
         waves = parse_wave_spec("canary:tag=canary,fleet:100%")
-        doc = ctx.controller.start(HARDWARE, NEW, find_release(repo, HARDWARE, NEW), waves,
-                                   RolloutOptions(success_threshold=1.0, failure_threshold=0.2))
+        doc = ctx.controller.start(
+            HARDWARE,
+            NEW,
+            find_release(repo, HARDWARE, NEW),
+            waves,
+            RolloutOptions(success_threshold=1.0, failure_threshold=0.2),
+        )
         _step(f"started rollout {doc.rollout_id}: waves canary (tag) then fleet (100%)")
 
         agents = [Agent(AgentConfig.load(c)) for c in configs]
@@ -116,8 +131,11 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
                 record = ctx.store.get_rollout(doc.rollout_id)
                 status = ctx.controller.status(doc.rollout_id).to_json()
                 done = sum(w["succeeded"] for w in status["waves"])
-                print(f"    round {rounds}: wave {record.current_wave + 1}/{len(waves)} "
-                      f"{record.state}, {done}/{len(agents)} devices on {NEW}", flush=True)
+                print(
+                    f"    round {rounds}: wave {record.current_wave + 1}/{len(waves)} "
+                    f"{record.state}, {done}/{len(agents)} devices on {NEW}",
+                    flush=True,
+                )
                 if record.state in ("completed", "paused", "aborted"):
                     break
         # One more cycle so every agent reports its final state.
@@ -129,8 +147,9 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
             server.stop()
 
 
-def _summary(ctx: object, rollout_id: str, total: int, started: float, serve: bool,
-             server: ServerThread) -> int:
+def _summary(
+    ctx: object, rollout_id: str, total: int, started: float, serve: bool, server: ServerThread
+) -> int:
     from repo_server import ServerContext
 
     assert isinstance(ctx, ServerContext)
@@ -140,7 +159,9 @@ def _summary(ctx: object, rollout_id: str, total: int, started: float, serve: bo
     by_version: dict[str, int] = {}
     for device in devices:
         by_state[device.state or "unknown"] = by_state.get(device.state or "unknown", 0) + 1
-        by_version[device.installed_version or "none"] = by_version.get(device.installed_version or "none", 0) + 1
+        by_version[device.installed_version or "none"] = (
+            by_version.get(device.installed_version or "none", 0) + 1
+        )
     print()
     print(render_status(status))
     print()
@@ -150,8 +171,10 @@ def _summary(ctx: object, rollout_id: str, total: int, started: float, serve: bo
     print()
     on_new = by_version.get(NEW, 0)
     ok = on_new == total and status.state == "completed"
-    print(f"{on_new}/{total} devices on {NEW}; rollout {status.state}; "
-          f"{time.monotonic() - started:.1f}s")
+    print(
+        f"{on_new}/{total} devices on {NEW}; rollout {status.state}; "
+        f"{time.monotonic() - started:.1f}s"
+    )
     if serve:
         print(f"server running at {server.url}  (Ctrl-C to stop)", flush=True)
         try:

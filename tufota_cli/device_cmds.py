@@ -15,9 +15,8 @@ from device_agent import init_slots, render_agent_config
 from repo_server import Repository
 from signing import find_product, latest_version
 from staging import SqliteTrackerStore
-from tufota_core import InputError, NotFoundError, check_device_id, check_tag, product_role
-
 from tufota_cli._common import open_repo
+from tufota_core import InputError, NotFoundError, check_device_id, check_tag, product_role
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,9 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--hardware", required=True, help="hardware id with at least one release")
     p.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     p.add_argument("--tags", default="", help="comma-separated cohort tags")
-    p.add_argument("--server-url", default=None, help="URL the agent uses (default: the repository's)")
-    p.add_argument("--factory-version", default=None,
-                   help="version of the image the device ships with (default: none installed)")
+    p.add_argument(
+        "--server-url", default=None, help="URL the agent uses (default: the repository's)"
+    )
+    p.add_argument(
+        "--factory-version",
+        default=None,
+        help="version of the image the device ships with (default: none installed)",
+    )
     p.add_argument("--poll-interval", type=float, default=300.0)
     p.add_argument("--health-command", default="", help="command whose exit 0 means healthy")
     p.set_defaults(func=cmd_provision)
@@ -62,7 +66,9 @@ def provision_device(
     find_product(state.targets, hardware_id)
     product = state.roles.get(product_role(hardware_id))
     if product is None or latest_version(product) is None:
-        raise NotFoundError(f"hardware id {hardware_id} has no release; run 'tufota release add' first")
+        raise NotFoundError(
+            f"hardware id {hardware_id} has no release; run 'tufota release add' first"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,11 @@ def provision_device(
         # Register last: a failure above leaves no device behind in the tracker.
         with SqliteTrackerStore(repo.tracker_path) as store:
             store.register_device(
-                device_id, hardware_id, public_key=public, tags=tags, status="accepted",
+                device_id,
+                hardware_id,
+                public_key=public,
+                tags=tags,
+                status="accepted",
                 installed_version=factory_version,
             )
         if out.exists():
@@ -110,10 +120,17 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
         Version.parse(args.factory_version)
     config = provision_device(
-        repo, args.device_id, args.hardware, Path(args.out), tags, args.server_url,
-        args.factory_version, args.poll_interval, args.health_command,
+        repo,
+        args.device_id,
+        args.hardware,
+        Path(args.out),
+        tags,
+        args.server_url,
+        args.factory_version,
+        args.poll_interval,
+        args.health_command,
     )
-    print(f"provisioned {args.device_id} ({args.hardware}); run: tufota-agent run --config {config}")
+    print(
+        f"provisioned {args.device_id} ({args.hardware}); run: tufota-agent run --config {config}"
+    )
     return 0
-
-

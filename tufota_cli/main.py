@@ -13,9 +13,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from tufota_core import TufotaError
-
 from tufota_cli import demo_cmd, device_cmds, release_cmds, repo_cmds, rollout_cmds
+from tufota_core import TufotaError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tufota",
         description="Signed over-the-air firmware updates with staged rollouts.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and tracebacks")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show debug logs and tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     repo_cmds.register(sub)
     release_cmds.register(sub)

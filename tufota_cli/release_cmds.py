@@ -6,15 +6,16 @@ import argparse
 from pathlib import Path
 
 from repo_server import add_release_locally
-from tufota_core import SEVERITIES, FirmwareInfo, InputError, NotFoundError
-
 from tufota_cli._common import open_repo, passphrase_source
+from tufota_core import SEVERITIES, FirmwareInfo, InputError, NotFoundError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     release = sub.add_parser("release", help="sign and publish firmware releases")
     rsub = release.add_subparsers(dest="release_command", required=True, metavar="COMMAND")
-    p = rsub.add_parser("add", help="sign a firmware file with the repository's release key and publish it")
+    p = rsub.add_parser(
+        "add", help="sign a firmware file with the repository's release key and publish it"
+    )
     p.add_argument("file", metavar="FILE", help="firmware image")
     p.add_argument("--repo", required=True, help="repository directory")
     p.add_argument("--hardware", required=True, help="hardware id (product line)")
@@ -43,8 +44,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     )
     result = add_release_locally(repo, firmware, info, passphrase_source())
     if result.new_product_line:
-        print(f"new product line {args.hardware}: delegated firmware/{args.hardware}/* "
-              f"to the repository's release key")
+        print(
+            f"new product line {args.hardware}: delegated firmware/{args.hardware}/* "
+            f"to the repository's release key"
+        )
     print(f"published {result.target_path}")
     print(f"  {result.length} bytes, sha256 {result.sha256}")
     return 0

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from repo_server import Repository, ServerContext, create_app, run_forever
 from staging import RolloutController, SqliteTrackerStore
-
 from tufota_cli._common import open_repo, passphrase_source
 
 logger = logging.getLogger(__name__)
@@ -18,16 +17,20 @@ logger = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("init", help="create a repository: keys, root, targets, snapshot, timestamp")
     p.add_argument("repo", metavar="REPO", help="directory to create (must not exist or be empty)")
-    p.add_argument("--server-url", default=None,
-                   help="URL devices will use to reach the server (default http://127.0.0.1:8080)")
+    p.add_argument(
+        "--server-url",
+        default=None,
+        help="URL devices will use to reach the server (default http://127.0.0.1:8080)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", help="run the repository server")
     p.add_argument("--repo", required=True, help="repository directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--tick-interval", type=float, default=5.0,
-                   help="seconds between rollout gate evaluations")
+    p.add_argument(
+        "--tick-interval", type=float, default=5.0, help="seconds between rollout gate evaluations"
+    )
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     p.set_defaults(func=cmd_serve)
@@ -51,8 +54,9 @@ def build_context(
     publisher = repo.publisher(passphrase)
     store = SqliteTrackerStore(repo.tracker_path)
     controller = RolloutController(store, publisher)
-    return ServerContext(publisher=publisher, store=store, controller=controller,
-                         tick_interval=tick_interval)
+    return ServerContext(
+        publisher=publisher, store=store, controller=controller, tick_interval=tick_interval
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from repo_server import Repository
 from signing import find_product
 from staging import RolloutController, RolloutOptions, RolloutStatus, SqliteTrackerStore
+from tufota_cli._common import open_repo, passphrase_source, print_json, table
 from tufota_core import (
     FirmwareInfo,
     InputError,
@@ -18,8 +19,6 @@ from tufota_core import (
     parse_wave_spec,
     product_role,
 )
-
-from tufota_cli._common import open_repo, passphrase_source, print_json, table
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -52,11 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--repo", required=True)
     p.add_argument("--hardware", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--waves", required=True,
-                   help="waves in order, e.g. 'canary:tag=canary,pilot:devices=a,b,10%%,100%%'")
+    p.add_argument(
+        "--waves",
+        required=True,
+        help="waves in order, e.g. 'canary:tag=canary,pilot:devices=a,b,10%%,100%%'",
+    )
     p.add_argument("--success-threshold", default="95%", type=parse_fraction)
     p.add_argument("--failure-threshold", default="5%", type=parse_fraction)
-    p.add_argument("--soak", default="0s", type=parse_duration, help="least time per wave, e.g. 30m")
+    p.add_argument(
+        "--soak", default="0s", type=parse_duration, help="least time per wave, e.g. 30m"
+    )
     p.add_argument("--min-devices", default=0, type=int)
     p.set_defaults(func=cmd_start)
 
@@ -66,8 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    for action, text in (("pause", "stop offering the release"), ("resume", "offer it again"),
-                         ("abort", "end the rollout for good"), ("advance", "open the next wave now")):
+    for action, text in (
+        ("pause", "stop offering the release"),
+        ("resume", "offer it again"),
+        ("abort", "end the rollout for good"),
+        ("advance", "open the next wave now"),
+    ):
         p = rsub.add_parser(action, help=text)
         p.add_argument("rollout_id")
         p.add_argument("--repo", required=True)
@@ -88,7 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def controller(repo: Repository) -> RolloutController:
-    return RolloutController(SqliteTrackerStore(repo.tracker_path), repo.publisher(passphrase_source()))
+    return RolloutController(
+        SqliteTrackerStore(repo.tracker_path), repo.publisher(passphrase_source())
+    )
 
 
 def find_release(repo: Repository, hardware_id: str, version: str) -> str:
@@ -102,7 +112,7 @@ def find_release(repo: Repository, hardware_id: str, version: str) -> str:
     state = repo.state()
     find_product(state.targets, hardware_id)
     product = state.roles.get(product_role(hardware_id))
-    for path, target in (product.signed.targets.items() if product else []):
+    for path, target in product.signed.targets.items() if product else []:
         info = FirmwareInfo.from_custom(target.custom)
         if info.version == version:
             return path
@@ -134,16 +144,28 @@ def cmd_start(args: argparse.Namespace) -> int:
         min_devices=args.min_devices,
     )
     doc = controller(repo).start(args.hardware, args.version, target_path, waves, options)
-    print(f"started rollout {doc.rollout_id}: {args.hardware} -> {args.version}, "
-          f"{len(waves)} waves ({', '.join(w.name for w in waves)})")
+    print(
+        f"started rollout {doc.rollout_id}: {args.hardware} -> {args.version}, "
+        f"{len(waves)} waves ({', '.join(w.name for w in waves)})"
+    )
     return 0
 
 
 def render_status(status: RolloutStatus) -> str:
     data = status.to_json()
-    head = (f"rollout {data['rollout_id']}  {data['hardware_id']} -> {data['version']}  "
-            f"state {data['state']}  wave {data['current_wave'] + 1}/{len(data['waves'])}")
-    columns = ["eligible", "checked_in", "downloading", "installed", "succeeded", "failed", "rolled_back"]
+    head = (
+        f"rollout {data['rollout_id']}  {data['hardware_id']} -> {data['version']}  "
+        f"state {data['state']}  wave {data['current_wave'] + 1}/{len(data['waves'])}"
+    )
+    columns = [
+        "eligible",
+        "checked_in",
+        "downloading",
+        "installed",
+        "succeeded",
+        "failed",
+        "rolled_back",
+    ]
     rows = [[w["name"]] + [w.get(c, 0) for c in columns] for w in data["waves"]]
     lines = [head, table(["wave", *columns], rows)]
     if data.get("gate"):
@@ -172,8 +194,11 @@ def cmd_action(args: argparse.Namespace) -> int:
     repo = open_repo(args.repo)
     ctl = controller(repo)
     method = getattr(ctl, args.action)
-    doc = method(args.rollout_id) if args.action in ("resume", "advance") else method(
-        args.rollout_id, args.reason)
+    doc = (
+        method(args.rollout_id)
+        if args.action in ("resume", "advance")
+        else method(args.rollout_id, args.reason)
+    )
     print(f"rollout {doc.rollout_id}: {doc.state}, wave {doc.current_wave + 1}/{len(doc.waves)}")
     return 0
 
@@ -198,7 +223,16 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     latest = {hw: r["latest"] for hw, r in releases.items()}
-    rows = [[d["device_id"], d["hardware_id"], d.get("installed_version"), latest.get(d["hardware_id"]),
-             d.get("state"), d.get("last_seen")] for d in data["devices"]]
+    rows = [
+        [
+            d["device_id"],
+            d["hardware_id"],
+            d.get("installed_version"),
+            latest.get(d["hardware_id"]),
+            d.get("state"),
+            d.get("last_seen"),
+        ]
+        for d in data["devices"]
+    ]
     print(table(["device", "hardware", "version", "latest", "state", "last seen"], rows))
     return 0

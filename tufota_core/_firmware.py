@@ -53,7 +53,8 @@ class FirmwareInfo:
                 "hardware_id": self.hardware_id,
                 "version": self.version,
                 "severity": self.severity,
-                "cvss": self.cvss,
+                # TUF's canonical JSON has no floats: the score travels as "9.8".
+                "cvss": None if self.cvss is None else f"{self.cvss:.1f}",
                 "fixes": list(self.fixes),
                 "notes": self.notes,
                 "released": self.released,

@@ -18,7 +18,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError as _SslibVerifyError
+from securesystemslib.exceptions import (
+    UnverifiedSignatureError,
+)
+from securesystemslib.exceptions import (
+    VerificationError as _SslibVerifyError,
+)
 from securesystemslib.signer import Key, Signature, Signer
 
 from tufota_core._errors import InputError, VerificationError
@@ -65,7 +70,9 @@ class Report:
         if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1:
             raise InputError("report seq must be an integer >= 1")
         if self.state not in DEVICE_STATES:
-            raise InputError(f"report state {self.state!r} is not one of {', '.join(DEVICE_STATES)}")
+            raise InputError(
+                f"report state {self.state!r} is not one of {', '.join(DEVICE_STATES)}"
+            )
         for version in (self.installed_version, self.target_version):
             if version is not None:
                 Version.parse(version)
@@ -138,7 +145,9 @@ def verify_report(envelope: Any, key: Key) -> Report:
     """
     report, signature = parse_envelope(envelope)
     if signature.keyid != key.keyid:
-        raise VerificationError(f"report is signed by key {signature.keyid[:12]}, not the device key")
+        raise VerificationError(
+            f"report is signed by key {signature.keyid[:12]}, not the device key"
+        )
     try:
         key.verify_signature(signature, canonical_bytes(envelope["report"]))
     except (UnverifiedSignatureError, _SslibVerifyError) as e:

@@ -106,8 +106,12 @@ def parse_wave_spec(spec: str) -> list[Wave]:
                 continue
             raise InputError(f"wave spec: {token!r} is not 'NAME:PCT%', 'tag=T' or 'devices=D'")
         name, _, body = token.rpartition(":")
-        wave: dict[str, Any] = {"name": name or f"wave-{len(raw) + 1}", "percent": 0.0,
-                                "devices": [], "tags": []}
+        wave: dict[str, Any] = {
+            "name": name or f"wave-{len(raw) + 1}",
+            "percent": 0.0,
+            "devices": [],
+            "tags": [],
+        }
         if body.endswith("%"):
             try:
                 wave["percent"] = float(body[:-1])
@@ -120,9 +124,7 @@ def parse_wave_spec(spec: str) -> list[Wave]:
         else:
             raise InputError(f"wave spec: {token!r} is not 'NAME:PCT%', 'tag=T' or 'devices=D'")
         raw.append(wave)
-    waves = [
-        Wave(w["name"], w["percent"], tuple(w["devices"]), tuple(w["tags"])) for w in raw
-    ]
+    waves = [Wave(w["name"], w["percent"], tuple(w["devices"]), tuple(w["tags"])) for w in raw]
     validate_waves(waves)
     return waves
 
@@ -189,7 +191,9 @@ class RolloutDoc:
             raise InputError(f"rollout id {self.rollout_id!r} is invalid")
         parts = self.target_path.split("/")
         if len(parts) != 4 or parts[1] != self.hardware_id or parts[2] != self.version:
-            raise InputError(f"rollout target {self.target_path!r} does not match its hardware and version")
+            raise InputError(
+                f"rollout target {self.target_path!r} does not match its hardware and version"
+            )
         firmware_target_path(parts[1], parts[2], parts[3])
         validate_waves(list(self.waves))
         if not 0 <= self.current_wave < len(self.waves):
@@ -238,8 +242,18 @@ class RolloutDoc:
             obj = json.loads(data)
             if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
                 raise InputError(f"rollout document is not schema {SCHEMA}")
-            known = {"schema", "rollout_id", "hardware_id", "version", "target_path", "waves",
-                     "current_wave", "state", "maintenance_window", "updated"}
+            known = {
+                "schema",
+                "rollout_id",
+                "hardware_id",
+                "version",
+                "target_path",
+                "waves",
+                "current_wave",
+                "state",
+                "maintenance_window",
+                "updated",
+            }
             window = obj.get("maintenance_window")
             return cls(
                 rollout_id=str(obj["rollout_id"]),

@@ -42,7 +42,9 @@ class Version:
         if match is None:
             raise InputError(f"version {text!r} is not a semantic version such as 1.4.0")
         major, minor, patch, pre, build = match.groups()
-        return cls(int(major), int(minor), int(patch), tuple(pre.split(".")) if pre else (), build or "")
+        return cls(
+            int(major), int(minor), int(patch), tuple(pre.split(".")) if pre else (), build or ""
+        )
 
     def __str__(self) -> str:
         text = f"{self.major}.{self.minor}.{self.patch}"

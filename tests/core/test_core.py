@@ -53,7 +53,12 @@ def test_malformed_versions_are_refused(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("hw", "version", "name"),
-    [("../x", "1.0.0", "a.bin"), ("gw", "1.0.0", "../a"), ("gw", "1.0.0", ".hidden"), ("GW", "1.0.0", "a")],
+    [
+        ("../x", "1.0.0", "a.bin"),
+        ("gw", "1.0.0", "../a"),
+        ("gw", "1.0.0", ".hidden"),
+        ("GW", "1.0.0", "a"),
+    ],
 )
 def test_target_paths_cannot_escape(hw: str, version: str, name: str) -> None:
     with pytest.raises(InputError):
@@ -84,7 +89,9 @@ def test_cohorts_are_cumulative_and_close_to_their_percentages() -> None:
     assert None not in indexes
     assert cohort_bucket("r1", "dev-1") == cohort_bucket("r1", "dev-1")
     # Another rollout reshuffles the fleet: cohorts do not always hit the same devices.
-    assert {cohort_bucket("r1", f"d{n}") for n in range(50)} != {cohort_bucket("r2", f"d{n}") for n in range(50)}
+    assert {cohort_bucket("r1", f"d{n}") for n in range(50)} != {
+        cohort_bucket("r2", f"d{n}") for n in range(50)
+    }
 
 
 def _doc(**changes: object) -> RolloutDoc:
@@ -112,8 +119,12 @@ def test_rollout_doc_round_trips_and_gates_eligibility() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"target_path": "firmware/other/1.1.0/fw.bin"}, {"current_wave": 2}, {"state": "running"},
-     {"rollout_id": "../x"}],
+    [
+        {"target_path": "firmware/other/1.1.0/fw.bin"},
+        {"current_wave": 2},
+        {"state": "running"},
+        {"rollout_id": "../x"},
+    ],
 )
 def test_inconsistent_rollout_docs_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(InputError):
@@ -149,11 +160,13 @@ def test_signed_report_verifies_and_tampering_is_detected() -> None:
 
 @pytest.mark.parametrize(
     "report",
-    [{"device_id": "d", "hardware_id": "gw", "seq": 0, "state": "idle"},
-     {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "exploded"},
-     {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "idle", "extra": 1},
-     {"device_id": "d", "hardware_id": "gw", "seq": 1.5, "state": "idle"},
-     {"device_id": "d", "hardware_id": "gw", "seq": True, "state": "idle"}],
+    [
+        {"device_id": "d", "hardware_id": "gw", "seq": 0, "state": "idle"},
+        {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "exploded"},
+        {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "idle", "extra": 1},
+        {"device_id": "d", "hardware_id": "gw", "seq": 1.5, "state": "idle"},
+        {"device_id": "d", "hardware_id": "gw", "seq": True, "state": "idle"},
+    ],
 )
 def test_malformed_reports_are_refused(report: dict[str, object]) -> None:
     with pytest.raises(InputError):

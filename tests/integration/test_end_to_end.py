@@ -23,20 +23,36 @@ def _env() -> dict[str, str]:
 
 
 def tufota(*args: str) -> str:
-    result = subprocess.run([str(BIN / "tufota"), *args], capture_output=True, text=True,
-                            env=_env(), timeout=120, check=False)
+    result = subprocess.run(
+        [str(BIN / "tufota"), *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def agent(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "tufota-agent"), "run", "--config", str(config), "--once"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(BIN / "tufota-agent"), "run", "--config", str(config), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _agent_status(config: Path) -> dict[str, object]:
-    result = subprocess.run([str(BIN / "tufota-agent"), "status", "--config", str(config), "--json"],
-                            capture_output=True, text=True, check=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "tufota-agent"), "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
@@ -55,11 +71,32 @@ def served_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     for version in ("1.0.0", "1.1.0"):
         image = tmp_path / f"fw-{version}.img"
         image.write_bytes(os.urandom(64 * 1024))
-        tufota("release", "add", str(image), "--repo", str(repo), "--hardware", "gw-100",
-               "--version", version)
+        tufota(
+            "release",
+            "add",
+            str(image),
+            "--repo",
+            str(repo),
+            "--hardware",
+            "gw-100",
+            "--version",
+            version,
+        )
     server = subprocess.Popen(
-        [str(BIN / "tufota"), "serve", "--repo", str(repo), "--port", str(port), "--tick-interval", "0.2"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(BIN / "tufota"),
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(port),
+            "--tick-interval",
+            "0.2",
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -84,16 +121,42 @@ def _rollout(url: str) -> dict[str, object]:
     return rollouts[0]  # type: ignore[no-any-return]
 
 
-def test_signed_release_reaches_every_device_in_two_waves(served_repo: tuple[Path, str], tmp_path: Path) -> None:
+def test_signed_release_reaches_every_device_in_two_waves(
+    served_repo: tuple[Path, str], tmp_path: Path
+) -> None:
     repo, url = served_repo
     configs = []
     for n in range(4):
         out = tmp_path / f"dev-{n}"
-        tufota("device", "provision", f"dev-{n}", "--repo", str(repo), "--hardware", "gw-100",
-               "--out", str(out), "--factory-version", "1.0.0", *(["--tags", "canary"] if n == 0 else []))
+        tufota(
+            "device",
+            "provision",
+            f"dev-{n}",
+            "--repo",
+            str(repo),
+            "--hardware",
+            "gw-100",
+            "--out",
+            str(out),
+            "--factory-version",
+            "1.0.0",
+            *(["--tags", "canary"] if n == 0 else []),
+        )
         configs.append(out / "agent.toml")
-    tufota("rollout", "start", "--repo", str(repo), "--hardware", "gw-100", "--version", "1.1.0",
-           "--waves", "canary:tag=canary,fleet:100%", "--success-threshold", "100%")
+    tufota(
+        "rollout",
+        "start",
+        "--repo",
+        str(repo),
+        "--hardware",
+        "gw-100",
+        "--version",
+        "1.1.0",
+        "--waves",
+        "canary:tag=canary,fleet:100%",
+        "--success-threshold",
+        "100%",
+    )
 
     # Wave 1: only the canary installs; the others are not in an open wave yet.
     for config in configs:
@@ -127,8 +190,14 @@ def test_signed_release_reaches_every_device_in_two_waves(served_repo: tuple[Pat
 
 
 def test_demo_updates_every_device_in_two_waves() -> None:
-    result = subprocess.run([str(BIN / "tufota"), "demo", "--devices", "20"], capture_output=True,
-                            text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [str(BIN / "tufota"), "demo", "--devices", "20"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "20/20 devices on 1.1.0; rollout completed" in result.stdout
-    assert "canary" in result.stdout and "fleet" in result.stdout
+    assert "canary" in result.stdout
+    assert "fleet" in result.stdout

@@ -11,9 +11,8 @@ from securesystemslib.signer import CryptoSigner
 
 from repo_server import Repository, ServerContext, ServerThread, create_app
 from staging import RolloutController, SqliteTrackerStore
+from tests.conftest import ask
 from tufota_core import Report, sign_report
-
-from ..conftest import ask
 
 
 @pytest.fixture
@@ -27,17 +26,24 @@ def server(released_repo: Repository) -> Iterator[tuple[ServerThread, ServerCont
 
 
 def _firmware_url(repo: Repository) -> str:
-    target = repo.state().roles["firmware-gw-100"].signed.targets["firmware/gw-100/1.1.0/gw-1.1.0.img"]
+    target = (
+        repo.state().roles["firmware-gw-100"].signed.targets["firmware/gw-100/1.1.0/gw-1.1.0.img"]
+    )
     return f"targets/firmware/gw-100/1.1.0/{target.hashes['sha256']}.gw-1.1.0.img"
 
 
-def test_metadata_and_targets_are_served_with_validators(server: Any, released_repo: Repository) -> None:
+def test_metadata_and_targets_are_served_with_validators(
+    server: Any, released_repo: Repository
+) -> None:
     thread, _ctx = server
     ts = requests.get(f"{thread.url}/metadata/timestamp.json", timeout=5)
     assert ts.status_code == 200
     assert ts.json()["signed"]["_type"] == "timestamp"
-    again = requests.get(f"{thread.url}/metadata/timestamp.json", timeout=5,
-                         headers={"If-None-Match": ts.headers["ETag"]})
+    again = requests.get(
+        f"{thread.url}/metadata/timestamp.json",
+        timeout=5,
+        headers={"If-None-Match": ts.headers["ETag"]},
+    )
     assert again.status_code == 304
     blob = requests.get(f"{thread.url}/{_firmware_url(released_repo)}", timeout=5)
     assert blob.status_code == 200
@@ -58,8 +64,14 @@ def test_range_requests_resume_a_download(server: Any, released_repo: Repository
 
 @pytest.mark.parametrize(
     "path",
-    ["keys/root.key", "metadata/../../keys/root.key", "metadata/%2e%2e/%2e%2e/tufota.json",
-     "targets/..%2f..%2fkeys%2froot.key", "tracker.db", "metadata/.publish.lock"],
+    [
+        "keys/root.key",
+        "metadata/../../keys/root.key",
+        "metadata/%2e%2e/%2e%2e/tufota.json",
+        "targets/..%2f..%2fkeys%2froot.key",
+        "tracker.db",
+        "metadata/.publish.lock",
+    ],
 )
 def test_nothing_outside_the_served_tree_is_reachable(server: Any, path: str) -> None:
     thread, _ctx = server
@@ -79,8 +91,9 @@ def test_missing_metadata_is_404_so_clients_stop_looking_for_a_newer_root(server
 def _register(ctx: ServerContext, device_id: str, status: str = "accepted") -> CryptoSigner:
     signer = CryptoSigner.generate_ed25519()
     public = {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
-    ctx.store.register_device(device_id, "gw-100", public_key=public, status=status,
-                              installed_version="1.0.0")
+    ctx.store.register_device(
+        device_id, "gw-100", public_key=public, status=status, installed_version="1.0.0"
+    )
     return signer
 
 
@@ -91,7 +104,9 @@ def _post(thread: ServerThread, device_id: str, body: Any) -> requests.Response:
 def test_signed_report_is_recorded_and_a_replay_is_refused(server: Any) -> None:
     thread, ctx = server
     signer = _register(ctx, "dev-1")
-    envelope = sign_report(Report("dev-1", "gw-100", 1, "succeeded", installed_version="1.1.0"), signer)
+    envelope = sign_report(
+        Report("dev-1", "gw-100", 1, "succeeded", installed_version="1.1.0"), signer
+    )
     assert _post(thread, "dev-1", envelope).status_code == 202
     assert ctx.store.get_device("dev-1").installed_version == "1.1.0"
     replay = _post(thread, "dev-1", envelope)
@@ -101,12 +116,19 @@ def test_signed_report_is_recorded_and_a_replay_is_refused(server: Any) -> None:
 
 @pytest.mark.parametrize(
     ("case", "status", "code"),
-    [("unknown", 401, "unknown_device"), ("revoked", 403, "device_revoked"),
-     ("wrong_key", 401, "bad_signature"), ("tampered", 401, "bad_signature"),
-     ("other_device", 400, "bad_report"), ("garbage", 400, "bad_request"),
-     ("bad_state", 400, "bad_report")],
+    [
+        ("unknown", 401, "unknown_device"),
+        ("revoked", 403, "device_revoked"),
+        ("wrong_key", 401, "bad_signature"),
+        ("tampered", 401, "bad_signature"),
+        ("other_device", 400, "bad_report"),
+        ("garbage", 400, "bad_request"),
+        ("bad_state", 400, "bad_report"),
+    ],
 )
-def test_bad_reports_are_refused_and_change_nothing(server: Any, case: str, status: int, code: str) -> None:
+def test_bad_reports_are_refused_and_change_nothing(
+    server: Any, case: str, status: int, code: str
+) -> None:
     thread, ctx = server
     signer = _register(ctx, "dev-1")
     _register(ctx, "dev-2", status="revoked")
@@ -126,9 +148,11 @@ def test_bad_reports_are_refused_and_change_nothing(server: Any, case: str, stat
     elif case == "other_device":
         device = "dev-2"
     elif case == "garbage":
-        response = requests.post(f"{thread.url}/api/v1/devices/dev-1/reports", data=b"{not json",
-                                 timeout=5)
-        assert response.status_code == status and response.json()["error"] == code
+        response = requests.post(
+            f"{thread.url}/api/v1/devices/dev-1/reports", data=b"{not json", timeout=5
+        )
+        assert response.status_code == status
+        assert response.json()["error"] == code
         return
     elif case == "bad_state":
         body["report"]["state"] = "exploded"

@@ -10,6 +10,7 @@ from tuf.api.metadata import Metadata, Targets
 
 from repo_server import Blob, Repository, add_release_locally, load_state
 from signing import add_release, load_signer, sign_all
+from tests.conftest import ask
 from tufota_core import (
     ConflictError,
     FirmwareInfo,
@@ -21,8 +22,6 @@ from tufota_core import (
     utcnow,
 )
 
-from ..conftest import ask
-
 
 def _product(repo: Repository) -> Metadata[Targets]:
     return repo.state().roles["firmware-gw-100"]
@@ -31,48 +30,66 @@ def _product(repo: Repository) -> Metadata[Targets]:
 def _signed_release(repo: Repository, tmp_path: Path, version: str, data: bytes = b"new image"):
     image = tmp_path / f"fw-{version}.img"
     image.write_bytes(data)
-    product, target = add_release(_product(repo), image, FirmwareInfo("gw-100", version), utcnow(),
-                                  repo.expiry)
+    product, target = add_release(
+        _product(repo), image, FirmwareInfo("gw-100", version), utcnow(), repo.expiry
+    )
     return product, target, image
 
 
 def test_release_is_published_and_reachable_through_timestamp(released_repo: Repository) -> None:
     state = released_repo.state()
     targets = state.roles["firmware-gw-100"].signed.targets
-    assert sorted(targets) == ["firmware/gw-100/1.0.0/gw-1.0.0.img", "firmware/gw-100/1.1.0/gw-1.1.0.img"]
+    assert sorted(targets) == [
+        "firmware/gw-100/1.0.0/gw-1.0.0.img",
+        "firmware/gw-100/1.1.0/gw-1.1.0.img",
+    ]
     assert state.snapshot.signed.meta["firmware-gw-100.json"].version == 2
 
 
-def test_release_signed_by_a_foreign_key_is_refused(released_repo: Repository, tmp_path: Path) -> None:
+def test_release_signed_by_a_foreign_key_is_refused(
+    released_repo: Repository, tmp_path: Path
+) -> None:
     product, target, image = _signed_release(released_repo, tmp_path, "2.0.0")
     product.sign(CryptoSigner.generate_ed25519())
     before = released_repo.storage.list("")
     with pytest.raises(VerificationError):
-        released_repo.publisher(ask).publish({"firmware-gw-100": product}, [Blob(target, path=image)])
+        released_repo.publisher(ask).publish(
+            {"firmware-gw-100": product}, [Blob(target, path=image)]
+        )
     assert released_repo.storage.list("") == before
 
 
-def test_blob_that_does_not_match_its_hash_is_refused(released_repo: Repository, tmp_path: Path) -> None:
+def test_blob_that_does_not_match_its_hash_is_refused(
+    released_repo: Repository, tmp_path: Path
+) -> None:
     product, target, image = _signed_release(released_repo, tmp_path, "2.0.0")
     sign_all(product, [load_signer(released_repo.key("release"), ask)])
     image.write_bytes(b"tampered after signing")
     before = released_repo.storage.list("")
     with pytest.raises(VerificationError, match="does not match"):
-        released_repo.publisher(ask).publish({"firmware-gw-100": product}, [Blob(target, path=image)])
+        released_repo.publisher(ask).publish(
+            {"firmware-gw-100": product}, [Blob(target, path=image)]
+        )
     assert released_repo.storage.list("") == before
 
 
-def test_product_line_cannot_sign_for_another_hardware(released_repo: Repository, tmp_path: Path) -> None:
+def test_product_line_cannot_sign_for_another_hardware(
+    released_repo: Repository, tmp_path: Path
+) -> None:
     product, target, image = _signed_release(released_repo, tmp_path, "2.0.0")
     foreign = target.path.replace("gw-100", "other")
     target.path = foreign
     product.signed.targets = {foreign: target}
     sign_all(product, [load_signer(released_repo.key("release"), ask)])
     with pytest.raises(VerificationError, match="may not sign"):
-        released_repo.publisher(ask).publish({"firmware-gw-100": product}, [Blob(target, path=image)])
+        released_repo.publisher(ask).publish(
+            {"firmware-gw-100": product}, [Blob(target, path=image)]
+        )
 
 
-def test_reupload_is_idempotent_and_old_versions_are_refused(released_repo: Repository, tmp_path: Path) -> None:
+def test_reupload_is_idempotent_and_old_versions_are_refused(
+    released_repo: Repository, tmp_path: Path
+) -> None:
     publisher = released_repo.publisher(ask)
     current = _product(released_repo)
     assert publisher.publish({"firmware-gw-100": current}, []) is False
@@ -81,7 +98,9 @@ def test_reupload_is_idempotent_and_old_versions_are_refused(released_repo: Repo
         publisher.publish({"firmware-gw-100": older}, [])
 
 
-def test_version_not_newer_than_last_release_is_refused(released_repo: Repository, tmp_path: Path) -> None:
+def test_version_not_newer_than_last_release_is_refused(
+    released_repo: Repository, tmp_path: Path
+) -> None:
     image = tmp_path / "x.img"
     image.write_bytes(b"x")
     with pytest.raises(ConflictError, match="not newer"):
@@ -109,7 +128,10 @@ def test_crash_between_steps_keeps_the_previous_repository(
         publisher.publish({"firmware-gw-100": product}, [Blob(target, path=image)])
     after = load_state(released_repo.storage)
     assert after.timestamp.signed.version == before.timestamp.signed.version
-    assert after.roles["firmware-gw-100"].signed.targets.keys() == before.roles["firmware-gw-100"].signed.targets.keys()
+    assert (
+        after.roles["firmware-gw-100"].signed.targets.keys()
+        == before.roles["firmware-gw-100"].signed.targets.keys()
+    )
     # Running the same publish again completes it.
     publisher._step_hook = None
     assert publisher.publish({"firmware-gw-100": product}, [Blob(target, path=image)])
@@ -117,8 +139,15 @@ def test_crash_between_steps_keeps_the_previous_repository(
 
 
 def test_rollout_document_is_signed_by_the_online_rollouts_role(released_repo: Repository) -> None:
-    doc = RolloutDoc("r1", "gw-100", "1.1.0", "firmware/gw-100/1.1.0/gw-1.1.0.img",
-                     (Wave("all", 100.0),), 0, "active")
+    doc = RolloutDoc(
+        "r1",
+        "gw-100",
+        "1.1.0",
+        "firmware/gw-100/1.1.0/gw-1.1.0.img",
+        (Wave("all", 100.0),),
+        0,
+        "active",
+    )
     released_repo.publisher(ask).publish_rollout(doc)
     state = released_repo.state()
     rollouts = state.roles["rollouts"]

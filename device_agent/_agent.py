@@ -1,0 +1,521 @@
+"""The orchestrator: one crash-safe update cycle, and the poll loop around it.
+
+A cycle (``Agent.run_once``) does, in order:
+ 1. finish a pending boot: boot the try-slot, health-check, commit or roll back;
+ 2. flush the report outbox;
+ 3. TUF refresh, read the rollout document, decide (``_decide``);
+ 4. download the firmware target, verified by ngclient;
+ 5. install it into the inactive slot and persist ``rebooting``;
+ 6. flush the outbox again.
+The next cycle (the agent's next start, after the device rebooted) completes
+step 1.
+
+Invariants:
+* Every transition is persisted (``_state``) before the side effect it
+  licenses is relied on, and every side effect is idempotent or detectable on
+  restart: an interrupted ``installing`` is resumed from the installer's own
+  boot control (install complete -> ``rebooting``; incomplete -> start over),
+  so a killed agent never installs the same image twice and never leaves the
+  committed slot unbootable (the installer never writes it).
+* ``succeeded`` is reported only after the new image booted, passed the
+  health check and was committed. A pending image is tried at most
+  ``max_boot_attempts`` times; then the previous image is back.
+* A version that rolled back (or failed to install) is never retried within
+  the same rollout; a downgrade is never installed. Each failure code is
+  reported once per rollout; later cycles send idle heartbeats.
+* Unverified bytes never reach a slot: the installer only sees files that
+  ngclient verified against signed metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import requests
+from securesystemslib.signer import Signer
+
+from device_agent._config import AgentConfig
+from device_agent._decide import IDLE, check_firmware, decide
+from device_agent._errors import BOOT_ATTEMPTS_EXHAUSTED, INSTALL_FAILED, SERVER_UNREACHABLE
+from device_agent._fs import sha256_file
+from device_agent._http import HttpFetcher, ReportSender, make_session
+from device_agent._identity import load_device_signer
+from device_agent._installer import Installer, make_installer, run_health_check
+from device_agent._state import AgentState, FlushResult, Outbox, StateStore
+from device_agent._tufclient import TufClient
+from tufota_core import (
+    InstallError,
+    Report,
+    RolloutDoc,
+    TransportError,
+    TufotaError,
+    VerificationError,
+    format_time,
+    sign_report,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 1000
+
+# What a cycle did (CycleResult.action).
+ACTION_IDLE = "idle"  # nothing to install
+ACTION_REFUSED = "refused"  # the verified facts forbid installing (code says why)
+ACTION_UNREACHABLE = "unreachable"  # the repository could not be reached
+ACTION_FAILED = "failed"  # download or install failed (code says why)
+ACTION_REBOOTING = "rebooting"  # installed; the next start boots it
+ACTION_SUCCEEDED = "succeeded"  # booted, healthy, committed
+ACTION_ROLLED_BACK = "rolled_back"  # boot or health check failed; previous image active
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """The outcome of one ``Agent.run_once``.
+
+    Attributes:
+        state: The agent state after the cycle (tufota_core.DEVICE_STATES).
+        action: What the cycle did; one of the ``ACTION_*`` names.
+        installed_version: The committed version after the cycle.
+        target_version: The version a rollout offered, if any.
+        rollout_id: The rollout acted on, if any.
+        error_code: The specific code when the action is a failure or refusal.
+        message: A one-line explanation.
+        reports_pending: Reports still in the outbox.
+        backoff: True when the server was unreachable or refused the device;
+            the poll loop waits longer.
+    """
+
+    state: str
+    action: str
+    installed_version: str | None
+    target_version: str | None = None
+    rollout_id: str | None = None
+    error_code: str | None = None
+    message: str = ""
+    reports_pending: int = 0
+    backoff: bool = False
+
+    @property
+    def reboot_pending(self) -> bool:
+        """True when an image is installed and waits for the next start to boot it."""
+        return self.state == "rebooting"
+
+
+def _about(doc: RolloutDoc | None) -> tuple[str | None, str | None]:
+    return (doc.rollout_id, doc.version) if doc else (None, None)
+
+
+class Agent:
+    """Drives the update state machine for one device configuration."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        installer: Installer | None = None,
+        signer: Signer | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        """Prepare an agent; nothing is read from the network or key files yet.
+
+        Args:
+            config: The loaded ``agent.toml``.
+            installer: Overrides the installer ``config`` selects.
+            signer: Overrides the device key from ``config``.
+            session: Overrides the HTTP session (TLS settings from ``config``).
+        """
+        self.config = config
+        self.installer = installer or make_installer(config)
+        self._store = StateStore(config.state_dir / "agent.json")
+        self._outbox = Outbox(config.state_dir / "outbox", config.limits.max_queued_reports)
+        self._signer = signer
+        self._session = session or make_session(config)
+        self._sender = ReportSender(self._session, config)
+        self._state = AgentState()
+        self._queued = 0
+        self._unauthorized = False
+
+    def close(self) -> None:
+        """Release the HTTP session."""
+        self._session.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """State file, installer status and outbox size, JSON-able.
+
+        Raises:
+            RepositoryError: the state or boot-control file is corrupt.
+            InputError: the slots are not initialised.
+        """
+        state = self._store.load()
+        return {
+            "device_id": self.config.device_id,
+            "hardware_id": self.config.hardware_id,
+            "installed_version": self.installer.installed_version(),
+            "pending_version": self.installer.pending_version(),
+            "agent": state.to_json(),
+            "installer": self.installer.status(),
+            "reports_pending": len(self._outbox.seqs()),
+        }
+
+    def run_once(self) -> CycleResult:
+        """One update cycle (see the module docstring).
+
+        Failures a device reports (verification, download, install, health)
+        are handled here and come back in the result; only local problems
+        (missing keys, corrupt state, uninitialised slots) raise.
+
+        Raises:
+            InputError: configuration, key or slot files are missing or invalid.
+            RepositoryError: the local state or boot-control file is corrupt.
+        """
+        self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._queued = 0
+        self._unauthorized = False
+        self._load_state()
+        boot_result = self._finish_pending_boot()
+        self._flush()
+        result = self._check_for_update()
+        if boot_result is not None and result.action in (ACTION_IDLE, ACTION_UNREACHABLE):
+            result = replace(boot_result, backoff=result.backoff)
+        self._flush()
+        return replace(
+            result,
+            reports_pending=len(self._outbox.seqs()),
+            backoff=result.backoff or self._unauthorized,
+        )
+
+    # -- state and reports -------------------------------------------------------
+
+    def _load_state(self) -> None:
+        state = self._store.load()
+        highest = self._outbox.highest_seq()
+        if state.next_seq <= highest:
+            # A report was queued but the state recording it was not saved.
+            state = replace(state, next_seq=highest + 1)
+            self._store.save(state)
+        self._state = state
+
+    def _get_signer(self) -> Signer:
+        if self._signer is None:
+            self._signer = load_device_signer(self.config.key_path, self.config.public_key_path)
+        return self._signer
+
+    def _transition(
+        self,
+        new_state: str | None = None,
+        *,
+        report: str | None = None,
+        error_code: str | None = None,
+        message: str = "",
+        bytes_done: int = 0,
+        bytes_total: int = 0,
+        about: tuple[str | None, str | None] | None = None,
+        **changes: Any,
+    ) -> None:
+        """Persist a transition; queue its report first (see ``_state`` on seq safety).
+
+        The report names the state's rollout and target version unless
+        ``about`` gives another (rollout id, version) pair.
+        """
+        state = replace(self._state, **changes)
+        if new_state is not None:
+            state = replace(state, state=new_state)
+        if report is not None:
+            rollout_id, target_version = about or (state.rollout_id, state.target_version)
+            seq = state.next_seq
+            signed = Report(
+                device_id=self.config.device_id,
+                hardware_id=self.config.hardware_id,
+                seq=seq,
+                state=report,
+                installed_version=self.installer.installed_version(),
+                target_version=target_version,
+                rollout_id=rollout_id,
+                error_code=error_code,
+                message=message[:_MAX_MESSAGE],
+                bytes_done=bytes_done,
+                bytes_total=bytes_total,
+                time=format_time(utcnow()),
+            )
+            envelope = sign_report(signed, self._get_signer())
+            if report == "idle":
+                self._outbox.drop_trailing_heartbeat()
+            self._outbox.put(seq, envelope)
+            state = replace(state, next_seq=seq + 1)
+            self._queued += 1
+        self._store.save(state)
+        self._state = state
+
+    def _flush(self) -> FlushResult:
+        result = self._outbox.flush(self._sender, self.config.limits.max_reports_per_flush)
+        self._unauthorized = self._unauthorized or result.unauthorized
+        return result
+
+    def _result(self, action: str, **fields: Any) -> CycleResult:
+        fields.setdefault("rollout_id", self._state.rollout_id)
+        fields.setdefault("target_version", self._state.target_version)
+        return CycleResult(
+            state=self._state.state,
+            action=action,
+            installed_version=self.installer.installed_version(),
+            **fields,
+        )
+
+    def _heartbeat(self, doc: RolloutDoc | None, reason: str) -> None:
+        logger.debug("idle: %s", reason)
+        if not self._queued:  # this cycle already told the server something
+            self._transition("idle", report="idle", message=reason, about=_about(doc))
+
+    # -- step 1: finish a pending boot ------------------------------------------------
+
+    def _finish_pending_boot(self) -> CycleResult | None:
+        state = self._state
+        if state.state == "installing":
+            if state.target_version and self.installer.pending_version() == state.target_version:
+                logger.info("install of %s completed before a restart", state.target_version)
+                self._transition("rebooting", report="rebooting")
+            else:
+                logger.warning("install of %s was interrupted; starting over", state.target_version)
+                self._transition("idle")
+                return None
+        if self._state.state not in ("rebooting", "verifying"):
+            return None
+        target = self._state.target_version
+        pending = self.installer.pending_version()
+        if pending is None:
+            if target is not None and self.installer.installed_version() == target:
+                return self._succeeded()  # committed just before a restart
+            code = self._state.pending_error or INSTALL_FAILED
+            return self._rolled_back(code, f"{target} is no longer pending")
+        if pending != target:
+            return self._roll_back(INSTALL_FAILED, f"pending image is {pending}, expected {target}")
+        if self._state.pending_error:
+            return self._roll_back(self._state.pending_error, f"{target} failed before a restart")
+        try:
+            boot = self.installer.boot(self.config.max_boot_attempts)
+        except InstallError as e:
+            return self._roll_back(e.code, str(e))
+        if boot.fell_back:
+            return self._rolled_back(
+                BOOT_ATTEMPTS_EXHAUSTED,
+                f"{target} did not pass its health check in {self.config.max_boot_attempts} boots",
+            )
+        self._transition("verifying", report="verifying", message=f"boot attempt {boot.attempt}")
+        try:
+            run_health_check(self.config, target, {"TUFOTA_BOOT_ATTEMPT": str(boot.attempt)})
+        except InstallError as e:
+            return self._roll_back(e.code, str(e))
+        self.installer.commit()
+        return self._succeeded()
+
+    def _succeeded(self) -> CycleResult:
+        self._transition("succeeded", report="succeeded", pending_error=None)
+        logger.info("update to %s succeeded", self._state.target_version)
+        return self._result(ACTION_SUCCEEDED)
+
+    def _roll_back(self, code: str, message: str) -> CycleResult:
+        # Record why before acting, so a crash mid-rollback reports the right cause.
+        self._transition(pending_error=code)
+        self.installer.rollback()
+        return self._rolled_back(code, message)
+
+    def _rolled_back(self, code: str, message: str) -> CycleResult:
+        state = self._state
+        if state.rollout_id and state.target_version:
+            state = state.abandon(
+                state.rollout_id, state.target_version, self.config.limits.max_remembered_rollouts
+            )
+        self._state = state
+        self._transition(
+            "rolled_back",
+            report="rolled_back",
+            error_code=code,
+            message=message,
+            pending_error=None,
+        )
+        logger.warning("update to %s rolled back (%s): %s", state.target_version, code, message)
+        return self._result(ACTION_ROLLED_BACK, error_code=code, message=message)
+
+    # -- steps 3 to 5 --------------------------------------------------------------
+
+    def _check_for_update(self) -> CycleResult:
+        fetcher = HttpFetcher(self._session, self.config.limits)
+        try:
+            client = TufClient(self.config, fetcher)
+            client.refresh()
+            doc = client.rollout_doc()
+        except TransportError as e:
+            logger.info("repository unreachable: %s", e)
+            return self._result(
+                ACTION_UNREACHABLE, error_code=SERVER_UNREACHABLE, message=str(e), backoff=True
+            )
+        except VerificationError as e:
+            return self._refuse(None, e)
+        if "" in self._state.reported:
+            # Metadata verifies again; report the next metadata failure afresh.
+            self._state = replace(
+                self._state, reported={k: v for k, v in self._state.reported.items() if k}
+            )
+        if doc is None:
+            client.clean_downloads()
+            self._heartbeat(None, "no rollout for this hardware")
+            return self._result(ACTION_IDLE, message="no rollout for this hardware")
+        try:
+            decision = decide(
+                doc,
+                device_id=self.config.device_id,
+                hardware_id=self.config.hardware_id,
+                tags=self.config.tags,
+                installed_version=self.installer.installed_version(),
+                abandoned_version=self._state.abandoned.get(doc.rollout_id),
+            )
+        except VerificationError as e:
+            return self._refuse(doc, e)
+        if decision.action == IDLE:
+            client.clean_downloads()
+            self._heartbeat(doc, decision.reason)
+            return self._result(
+                ACTION_IDLE,
+                message=decision.reason,
+                rollout_id=doc.rollout_id,
+                target_version=doc.version,
+            )
+        logger.info("update available: %s", decision.reason)
+        return self._update(client, doc)
+
+    def _refuse(self, doc: RolloutDoc | None, error: TufotaError) -> CycleResult:
+        """Report ``error`` as ``failed`` once per rollout and code; heartbeat afterwards."""
+        rollout = doc.rollout_id if doc else None
+        fields: dict[str, Any] = {"error_code": error.code, "message": str(error)}
+        if doc is not None:
+            fields.update(rollout_id=doc.rollout_id, target_version=doc.version)
+        if self._state.already_reported(rollout, error.code):
+            logger.debug("still refusing (%s): %s", error.code, error)
+            self._heartbeat(doc, f"refusing: {error}")
+        else:
+            logger.warning("refusing update (%s): %s", error.code, error)
+            self._state = self._state.remember_report(
+                rollout, error.code, self.config.limits.max_remembered_rollouts
+            )
+            changes: dict[str, Any] = {}
+            if doc is not None:  # no install is in flight after step 1
+                changes = {
+                    "rollout_id": doc.rollout_id,
+                    "target_version": doc.version,
+                    "target_path": doc.target_path,
+                }
+            self._transition(
+                "failed",
+                report="failed",
+                error_code=error.code,
+                message=str(error),
+                about=_about(doc),
+                **changes,
+            )
+        return self._result(ACTION_REFUSED, **fields)
+
+    def _update(self, client: TufClient, doc: RolloutDoc) -> CycleResult:
+        limits = self.config.limits
+        try:
+            info = client.firmware_target(doc.target_path)
+            check_firmware(doc, info.custom, info.length, limits.max_firmware_bytes)
+        except TransportError as e:
+            return self._result(ACTION_UNREACHABLE, error_code=e.code, message=str(e), backoff=True)
+        except VerificationError as e:
+            return self._refuse(doc, e)
+        self._transition(
+            "downloading",
+            report="downloading",
+            bytes_total=info.length,
+            rollout_id=doc.rollout_id,
+            target_version=doc.version,
+            target_path=doc.target_path,
+            target_sha256=None,
+            pending_error=None,
+        )
+        try:
+            image = client.download(info)
+        except TransportError as e:
+            logger.info("download interrupted: %s", e)
+            self._transition("idle")
+            return self._result(ACTION_UNREACHABLE, error_code=e.code, message=str(e), backoff=True)
+        except VerificationError as e:
+            client.clean_downloads()
+            return self._refuse(doc, e)
+        sha256 = sha256_file(image)
+        self._transition(
+            "downloaded",
+            report="downloaded",
+            bytes_done=info.length,
+            bytes_total=info.length,
+            target_sha256=sha256,
+        )
+        self._transition("installing", report="installing")
+        try:
+            self.installer.install(image, doc.version, sha256)
+        except InstallError as e:
+            logger.error("install of %s failed: %s", doc.version, e)
+            self._state = self._state.abandon(
+                doc.rollout_id, doc.version, limits.max_remembered_rollouts
+            )
+            self._transition("failed", report="failed", error_code=e.code, message=str(e))
+            return self._result(ACTION_FAILED, error_code=e.code, message=str(e))
+        self._transition("rebooting", report="rebooting")
+        client.clean_downloads()
+        logger.info("installed %s; it boots on the next start", doc.version)
+        return self._result(ACTION_REBOOTING, message=f"{doc.version} installed; reboot pending")
+
+
+def run_agent_loop(
+    config: AgentConfig,
+    *,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    on_cycle: Callable[[CycleResult], None] | None = None,
+) -> CycleResult:
+    """Run cycles until ``stop`` is set (or one cycle when ``once``).
+
+    Between cycles the loop waits ``poll.interval`` +- ``poll.jitter``; while
+    the server is unreachable or refuses the device the wait doubles up to
+    ``max_backoff_factor`` times the interval. After a cycle that installed an
+    image the next cycle starts at once: with the A/B simulator, that cycle is
+    the "reboot" that boots and health-checks the new image.
+
+    Returns:
+        The last cycle's result.
+
+    Raises:
+        TufotaError: a local problem ``Agent.run_once`` raises.
+    """
+    stop = stop or threading.Event()
+    rng = random.SystemRandom()
+    factor = 1
+    with Agent(config) as agent:
+        while True:
+            result = agent.run_once()
+            if on_cycle is not None:
+                on_cycle(result)
+            if once or stop.is_set():
+                return result
+            if result.reboot_pending:
+                continue
+            factor = min(factor * 2, config.limits.max_backoff_factor) if result.backoff else 1
+            jitter = config.poll_jitter
+            delay = config.poll_interval * factor * rng.uniform(1 - jitter, 1 + jitter)
+            logger.debug("next cycle in %.0f s", delay)
+            if stop.wait(delay):
+                return result

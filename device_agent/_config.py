@@ -1,0 +1,330 @@
+"""The device's ``agent.toml``: loading, validation and rendering, plus the limits.
+
+Invariants:
+* ``AgentConfig.load`` either returns a fully validated, frozen config whose
+  paths are absolute (relative ones are resolved against the config file's
+  directory), or raises ``InputError`` naming the section and field at fault.
+* ``render_agent_config`` only writes values ``load`` accepts, and
+  ``tomllib.loads(render_agent_config(...))`` round-trips every string
+  exactly (quotes, backslashes, control and non-ASCII characters included).
+* Every byte cap, timeout and count the agent obeys lives in ``AgentLimits``.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tufota_core import InputError, NotFoundError, check_device_id, check_hardware_id, check_tag
+
+INSTALLER_KINDS = ("ab-simulator", "command")
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """Caps and timeouts, with safe defaults for a small device.
+
+    Attributes:
+        connect_timeout: Seconds to wait for a TCP/TLS connection.
+        read_timeout: Seconds to wait between bytes received.
+        chunk_size: Bytes read per network chunk.
+        max_firmware_bytes: Largest firmware target the agent will download.
+        max_rollout_doc_bytes: Largest rollout document the agent will download.
+        max_queued_reports: Outbox size; beyond it the oldest reports are dropped.
+        max_reports_per_flush: Reports sent per flush, so one cycle stays short.
+        max_remembered_rollouts: Rollouts whose outcome the state file remembers.
+        max_backoff_factor: Longest poll interval, as a multiple of the configured one,
+            while the server refuses the device (401/403) or cannot be reached.
+        output_tail_bytes: Bytes of a failed command's stderr kept for the report.
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    chunk_size: int = 64 * 1024
+    max_firmware_bytes: int = 2 * 1024**3
+    max_rollout_doc_bytes: int = 64 * 1024
+    max_queued_reports: int = 500
+    max_reports_per_flush: int = 100
+    max_remembered_rollouts: int = 16
+    max_backoff_factor: int = 8
+    output_tail_bytes: int = 800
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent knows about itself, from ``agent.toml``.
+
+    Paths are absolute. Build one with :meth:`load`; tests may construct it
+    directly or derive variants with ``dataclasses.replace``.
+    """
+
+    device_id: str
+    hardware_id: str
+    server_url: str
+    key_path: Path
+    public_key_path: Path
+    trusted_root: Path
+    state_dir: Path
+    slots_dir: Path
+    tags: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    poll_interval: float = 300.0
+    poll_jitter: float = 0.2
+    installer_kind: str = "ab-simulator"
+    installer_command: str = ""
+    health_command: str = ""
+    health_deadline: float = 60.0
+    max_boot_attempts: int = 3
+    limits: AgentLimits = field(default_factory=AgentLimits)
+
+    def __post_init__(self) -> None:
+        check_device_id(self.device_id)
+        check_hardware_id(self.hardware_id)
+        for tag in self.tags:
+            check_tag(tag)
+        _check_url(self.server_url)
+        if self.installer_kind not in INSTALLER_KINDS:
+            raise InputError(
+                f"installer.kind {self.installer_kind!r} is not one of {', '.join(INSTALLER_KINDS)}"
+            )
+        if self.installer_kind == "command" and "{file}" not in self.installer_command:
+            raise InputError(
+                "installer.command must contain '{file}' when installer.kind is 'command'"
+            )
+        if not self.poll_interval > 0 or not math.isfinite(self.poll_interval):
+            raise InputError("poll.interval must be a positive number of seconds")
+        if not 0.0 <= self.poll_jitter < 1.0:
+            raise InputError("poll.jitter must be at least 0 and below 1")
+        if not self.health_deadline > 0 or not math.isfinite(self.health_deadline):
+            raise InputError("health.deadline must be a positive number of seconds")
+        if not 1 <= self.max_boot_attempts <= 100:
+            raise InputError("health.max_boot_attempts must be between 1 and 100")
+
+    @property
+    def base_url(self) -> str:
+        """The server URL without a trailing slash."""
+        return self.server_url.rstrip("/")
+
+    @classmethod
+    def load(cls, path: Path | str) -> AgentConfig:
+        """Read and validate ``agent.toml``.
+
+        Raises:
+            NotFoundError: the file does not exist.
+            InputError: it is not TOML, or a field is missing or invalid.
+        """
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NotFoundError(f"agent config {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read agent config {path}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(f"agent config {path} is not valid TOML: {e}") from e
+        base = path.resolve().parent
+        reader = _Reader(path, doc)
+        ca = reader.string("server", "ca_bundle", "")
+        try:
+            return cls(
+                device_id=reader.string("device", "id"),
+                hardware_id=reader.string("device", "hardware_id"),
+                tags=tuple(reader.string_list("device", "tags", [])),
+                key_path=base / reader.string("device", "key", "device.key"),
+                public_key_path=base / reader.string("device", "public_key", "device.pub"),
+                server_url=reader.string("server", "url"),
+                trusted_root=base / reader.string("server", "trusted_root", "root.json"),
+                ca_bundle=(base / ca) if ca else None,
+                state_dir=base / reader.string("paths", "state_dir", "state"),
+                slots_dir=base / reader.string("paths", "slots_dir", "slots"),
+                poll_interval=reader.number("poll", "interval", 300),
+                poll_jitter=reader.number("poll", "jitter", 0.2),
+                installer_kind=reader.string("installer", "kind", "ab-simulator"),
+                installer_command=reader.string("installer", "command", ""),
+                health_command=reader.string("health", "command", ""),
+                health_deadline=reader.number("health", "deadline", 60),
+                max_boot_attempts=reader.integer("health", "max_boot_attempts", 3),
+            )
+        except InputError as e:
+            raise InputError(f"agent config {path}: {e}") from e
+
+
+def _check_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InputError(f"server.url {url!r} is not an http:// or https:// URL")
+    if parsed.query or parsed.fragment:
+        raise InputError(f"server.url {url!r} must not have a query or fragment")
+
+
+_MISSING: Any = object()
+
+
+class _Reader:
+    """Typed access to the parsed TOML, with errors naming ``[section] field``."""
+
+    def __init__(self, path: Path, doc: Mapping[str, Any]) -> None:
+        self._path = path
+        self._doc = doc
+
+    def _get(self, section: str, name: str, default: Any) -> Any:
+        table = self._doc.get(section, {})
+        if not isinstance(table, dict):
+            raise InputError(f"agent config {self._path}: [{section}] must be a table")
+        if name not in table:
+            if default is _MISSING:
+                raise InputError(f"agent config {self._path}: [{section}] {name} is missing")
+            return default
+        return table[name]
+
+    def _bad(self, section: str, name: str, what: str) -> InputError:
+        return InputError(f"agent config {self._path}: [{section}] {name} must be {what}")
+
+    def string(self, section: str, name: str, default: Any = _MISSING) -> str:
+        value = self._get(section, name, default)
+        if not isinstance(value, str):
+            raise self._bad(section, name, "a string")
+        return value
+
+    def string_list(self, section: str, name: str, default: list[str]) -> list[str]:
+        value = self._get(section, name, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(section, name, "a list of strings")
+        return value
+
+    def number(self, section: str, name: str, default: float) -> float:
+        value = self._get(section, name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._bad(section, name, "a number")
+        return float(value)
+
+    def integer(self, section: str, name: str, default: int) -> int:
+        value = self._get(section, name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(section, name, "an integer")
+        return value
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string, every character that needs it escaped."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_number(value: float) -> str:
+    if not math.isfinite(value):
+        raise InputError(f"{value} is not a finite number")
+    return repr(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render_agent_config(
+    *,
+    device_id: str,
+    hardware_id: str,
+    server_url: str,
+    tags: Iterable[str] = (),
+    key: str = "device.key",
+    public_key: str = "device.pub",
+    trusted_root: str = "root.json",
+    ca_bundle: str = "",
+    state_dir: str = "state",
+    slots_dir: str = "slots",
+    poll_interval: float = 300,
+    poll_jitter: float = 0.2,
+    installer_kind: str = "ab-simulator",
+    installer_command: str = "",
+    health_command: str = "",
+    health_deadline: float = 60,
+    max_boot_attempts: int = 3,
+) -> str:
+    """Render an ``agent.toml`` that :meth:`AgentConfig.load` accepts.
+
+    Paths are written as given; relative ones are later resolved against the
+    directory the file is written to.
+
+    Raises:
+        InputError: a value would not load (bad id, tag, URL, installer, number).
+    """
+    tag_list = list(tags)
+    # Validate with the same rules load() applies, so a rendered file always loads.
+    AgentConfig(
+        device_id=device_id,
+        hardware_id=hardware_id,
+        server_url=server_url,
+        tags=tuple(tag_list),
+        key_path=Path(key),
+        public_key_path=Path(public_key),
+        trusted_root=Path(trusted_root),
+        state_dir=Path(state_dir),
+        slots_dir=Path(slots_dir),
+        poll_interval=float(poll_interval),
+        poll_jitter=float(poll_jitter),
+        installer_kind=installer_kind,
+        installer_command=installer_command,
+        health_command=health_command,
+        health_deadline=float(health_deadline),
+        max_boot_attempts=max_boot_attempts,
+    )
+    for name, value in (
+        ("key", key),
+        ("public_key", public_key),
+        ("trusted_root", trusted_root),
+        ("state_dir", state_dir),
+        ("slots_dir", slots_dir),
+    ):
+        if not value:
+            raise InputError(f"{name} must not be empty")
+    s = toml_string
+    lines = [
+        "# tufota device agent configuration; relative paths are relative to this file.",
+        "[device]",
+        f"id = {s(device_id)}",
+        f"hardware_id = {s(hardware_id)}",
+        f"tags = [{', '.join(s(t) for t in tag_list)}]",
+        f"key = {s(key)}",
+        f"public_key = {s(public_key)}",
+        "",
+        "[server]",
+        f"url = {s(server_url)}",
+        f"trusted_root = {s(trusted_root)}",
+        f"ca_bundle = {s(ca_bundle)}",
+        "",
+        "[paths]",
+        f"state_dir = {s(state_dir)}",
+        f"slots_dir = {s(slots_dir)}",
+        "",
+        "[poll]",
+        f"interval = {_toml_number(poll_interval)}",
+        f"jitter = {_toml_number(poll_jitter)}",
+        "",
+        "[installer]",
+        f"kind = {s(installer_kind)}",
+        f"command = {s(installer_command)}",
+        "",
+        "[health]",
+        f"command = {s(health_command)}",
+        f"deadline = {_toml_number(health_deadline)}",
+        f"max_boot_attempts = {int(max_boot_attempts)}",
+        "",
+    ]
+    return "\n".join(lines)

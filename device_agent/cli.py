@@ -1,0 +1,179 @@
+"""``tufota-agent``: the device agent's command line (composition only).
+
+Commands::
+
+    tufota-agent run --config PATH [--once] [-v]
+    tufota-agent status --config PATH [--json] [-v]
+
+Exit codes: 0 the cycle completed (nothing to do, installed and reboot
+pending, or update succeeded); 3 the cycle completed but the update was
+refused, failed, rolled back or the server was unreachable (``--once`` only);
+1 a tufota error (bad config, missing keys, corrupt state); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from device_agent._agent import (
+    ACTION_IDLE,
+    ACTION_REBOOTING,
+    ACTION_SUCCEEDED,
+    Agent,
+    CycleResult,
+    run_agent_loop,
+)
+from device_agent._config import AgentConfig
+from tufota_core import TufotaError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UPDATE_PROBLEM = 3
+_EPILOG = (
+    "exit codes: 0 cycle completed; 3 update refused, failed, rolled back or server "
+    "unreachable (run --once); 1 error; 2 bad usage"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tufota-agent",
+        description="tufota device agent: verify firmware with TUF, install A/B, report.",
+        epilog=_EPILOG,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, type=Path, help="path of agent.toml")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="poll for updates and install them",
+        description="Run update cycles on the configured interval (with jitter).",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="run one cycle and exit; if it installed an image, the next run boots it",
+    )
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show slots, agent state and queued reports",
+        description="Show the installed version, slots, agent state and queued reports.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _describe(result: CycleResult) -> str:
+    if result.action == ACTION_REBOOTING:
+        return (
+            f"reboot pending: {result.target_version} is installed in the inactive slot; "
+            "the next run boots and verifies it"
+        )
+    text = f"{result.action}: installed {result.installed_version or '-'}"
+    if result.error_code:
+        text += f" ({result.error_code})"
+    if result.message:
+        text += f" - {result.message}"
+    if result.reports_pending:
+        text += f"; {result.reports_pending} report(s) queued"
+    return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = AgentConfig.load(args.config)
+    if args.once:
+        result = run_agent_loop(config, once=True)
+        print(_describe(result))
+        ok = result.action in (ACTION_IDLE, ACTION_REBOOTING, ACTION_SUCCEEDED)
+        return EXIT_OK if ok else EXIT_UPDATE_PROBLEM
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("stopping after signal %d", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    run_agent_loop(config, stop=stop, on_cycle=lambda r: logger.info("%s", _describe(r)))
+    return EXIT_OK
+
+
+def _format_status(status: dict[str, Any]) -> str:
+    agent = status["agent"]
+    lines = [
+        f"device     {status['device_id']} ({status['hardware_id']})",
+        f"installed  {status['installed_version'] or '-'}",
+        f"pending    {status['pending_version'] or '-'}",
+        f"state      {agent['state']}"
+        + (
+            f" (rollout {agent['rollout_id']}, target {agent['target_version']})"
+            if agent.get("rollout_id")
+            else ""
+        ),
+        f"reports    {status['reports_pending']} queued, next seq {agent['next_seq']}",
+    ]
+    installer = status["installer"]
+    if installer.get("kind") == "ab-simulator":
+        for name, slot in sorted(installer["slots"].items()):
+            marks = [
+                m
+                for m, on in (
+                    ("active", installer["active"] == name),
+                    ("pending", installer["pending"] == name),
+                    ("good", slot.get("good")),
+                )
+                if on
+            ]
+            lines.append(f"slot {name}     {slot.get('version') or '-'} [{', '.join(marks)}]")
+    else:
+        lines.append(f"installer  {installer.get('kind')}")
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = AgentConfig.load(args.config)
+    with Agent(config) as agent:
+        status = agent.status()
+    if args.json:
+        print(json.dumps(status, indent=1, sort_keys=True))
+    else:
+        print(_format_status(status))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tufota-agent``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    commands = {"run": _cmd_run, "status": _cmd_status}
+    try:
+        return commands[args.command](args)
+    except TufotaError as e:
+        if args.verbose:
+            logger.exception("%s failed", args.command)
+        print(f"tufota-agent: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

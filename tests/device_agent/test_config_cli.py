@@ -1,0 +1,213 @@
+"""agent.toml, the command installer, the CLI, and the agent's import boundary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from device_agent import AgentConfig, CommandInstaller, init_slots, render_agent_config
+from device_agent.cli import main
+from tests.device_agent.conftest import DEVICE, HW, Env, failing_command
+from tufota_core import ConflictError, InputError, InstallError, NotFoundError
+
+
+def test_rendered_config_round_trips_awkward_strings(tmp_path: Path) -> None:
+    command = 'sh -c "install \\"{file}\\"\ttab\x7f" é \U0001f600'
+    text = render_agent_config(
+        device_id=DEVICE,
+        hardware_id=HW,
+        server_url="https://ota.example.com:8443",
+        tags=["canary", "eu-west"],
+        installer_kind="command",
+        installer_command=command,
+        health_command="check --path 'C:\\boot'",
+        state_dir="var/state",
+    )
+    assert tomllib.loads(text)["installer"]["command"] == command
+    path = tmp_path / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+
+    config = AgentConfig.load(path)
+
+    assert config.installer_command == command
+    assert config.health_command == "check --path 'C:\\boot'"
+    assert config.tags == ("canary", "eu-west")
+    assert config.state_dir == tmp_path.resolve() / "var" / "state"
+    assert config.ca_bundle is None
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[device]\nhardware_id = "gw-100"\n[server]\nurl = "http://x"\n',
+            "[device] id is missing",
+        ),
+        (
+            '[device]\nid = 5\nhardware_id = "gw-100"\n[server]\nurl = "http://x"\n',
+            "[device] id must be a string",
+        ),
+        (
+            '[device]\nid = "d"\nhardware_id = "gw-100"\n[server]\nurl = "ftp://x"\n',
+            "is not an http:// or https:// URL",
+        ),
+        ('[device]\nid = "d"\nhardware_id = "GW"\n[server]\nurl = "http://x"\n', "hardware id"),
+        (
+            '[device]\nid = "d"\nhardware_id = "gw"\n[server]\nurl = "http://x"\n'
+            '[poll]\ninterval = "soon"\n',
+            "[poll] interval must be a number",
+        ),
+        (
+            '[device]\nid = "d"\nhardware_id = "gw"\n[server]\nurl = "http://x"\n'
+            '[installer]\nkind = "command"\n',
+            "must contain '{file}'",
+        ),
+        ("[device\n", "is not valid TOML"),
+    ],
+    ids=["missing-id", "id-type", "url", "hardware", "interval", "command", "syntax"],
+)
+def test_invalid_config_names_the_field(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(toml)
+
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        AgentConfig.load(path)
+
+
+def test_missing_config_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        AgentConfig.load(tmp_path / "nope.toml")
+
+
+def test_render_refuses_values_that_would_not_load() -> None:
+    with pytest.raises(InputError, match="tag"):
+        render_agent_config(device_id=DEVICE, hardware_id=HW, server_url="http://x", tags=["Bad!"])
+
+
+def test_init_slots_refuses_to_overwrite(tmp_path: Path) -> None:
+    init_slots(tmp_path / "slots", None)
+    boot = json.loads((tmp_path / "slots" / "boot.json").read_text())
+    assert boot["slots"]["a"]["version"] is None
+    with pytest.raises(ConflictError):
+        init_slots(tmp_path / "slots", "1.0.0")
+
+
+def test_command_installer_runs_without_a_shell_and_reports_stderr(tmp_path: Path) -> None:
+    image = tmp_path / "fw; rm -rf x.bin"
+    image.write_bytes(b"img")
+    copy = tmp_path / "installed.bin"
+    script = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
+    command = f"{sys.executable} -c '{script}' {{file}} {copy}"
+    installer = CommandInstaller(command, tmp_path / "state.json")
+
+    installer.install(image, "1.1.0", "0" * 64)
+
+    assert copy.read_bytes() == b"img"
+    assert installer.pending_version() == "1.1.0"
+    assert installer.boot(3).trial
+    installer.commit()
+    assert installer.installed_version() == "1.1.0"
+
+    failing = CommandInstaller(failing_command(4) + " {file}", tmp_path / "state2.json")
+    with pytest.raises(InstallError, match="exited 4: unhealthy") as info:
+        failing.install(image, "1.2.0", "0" * 64)
+    assert info.value.code == "install_failed"
+    assert failing.pending_version() is None
+
+
+def test_cli_run_once_reports_a_pending_reboot_then_status(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.repo.add_firmware("1.1.0")
+    env.repo.set_rollout("1.1.0")
+    env.repo.publish()
+    config = str(env.device_dir / "agent.toml")
+
+    assert main(["run", "--config", config, "--once"]) == 0
+    assert "reboot pending: 1.1.0" in capsys.readouterr().out
+
+    assert main(["status", "--config", config, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["agent"]["state"] == "rebooting"
+    assert status["pending_version"] == "1.1.0"
+
+    assert main(["run", "--config", config, "--once"]) == 0
+    assert capsys.readouterr().out.startswith("succeeded: installed 1.1.0")
+    assert main(["status", "--config", config]) == 0
+    assert "installed  1.1.0" in capsys.readouterr().out
+
+
+def test_cli_error_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--config", str(tmp_path / "missing.toml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tufota-agent: error: agent config")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["status", "--help"]])
+def test_cli_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "usage: tufota-agent" in capsys.readouterr().out
+
+
+_IMPORT_PROBE = """
+import json, sys, traceback
+
+boto3_importers = []
+
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "boto3":
+            frames = [f.filename for f in traceback.extract_stack()[:-1]]
+            boto3_importers.append([f for f in frames if "importlib" not in f][-1])
+        return None
+
+
+sys.meta_path.insert(0, Spy())
+import device_agent, device_agent.cli
+
+server_side = {"repo_server", "staging", "signing", "fastapi", "tufota_cli", "uvicorn"}
+print(json.dumps({
+    "server_side": sorted(m for m in sys.modules if m.split(".")[0] in server_side),
+    "boto3_importers": boto3_importers,
+}))
+"""
+
+
+def _probe(prelude: str = "") -> dict[str, list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + _IMPORT_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    result: dict[str, list[str]] = json.loads(done.stdout)
+    return result
+
+
+def test_agent_imports_nothing_server_side() -> None:
+    result = _probe()
+
+    assert result["server_side"] == []
+    # boto3 may be loaded only by securesystemslib's optional KMS signer, which
+    # tries it whenever it is installed (here, by the server extra); the agent
+    # never imports it.
+    for importer in result["boto3_importers"]:
+        assert importer.endswith("securesystemslib/signer/_aws_signer.py")
+
+
+def test_agent_imports_without_boto3_installed() -> None:
+    result = _probe("import sys; sys.modules['boto3'] = None\n")
+
+    assert result["server_side"] == []
