@@ -13,7 +13,7 @@ STAMP=".venv/.tufota-installed-$EXTRAS"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     echo "==> installing tufota[$EXTRAS] into .venv"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]" --config-settings editable_mode=compat
+    .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
     touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
