@@ -6,7 +6,9 @@ atomically (``timestamp.json`` last), signs the online roles, serves the static
 TUF tree to devices, and takes signed device reports.
 """
 
-from repo_server._app import ServerContext, create_app
+from repo_server._app import create_app
+from repo_server._auth import ROLES, Principal, TokenStore
+from repo_server._context import ServerContext
 from repo_server._layout import CONFIG_FILE, RepoConfig, Repository
 from repo_server._publisher import (
     Blob,
@@ -22,10 +24,12 @@ from repo_server._storage import LocalStorage, ObjectInfo, Storage, check_key
 
 __all__ = [
     "CONFIG_FILE",
+    "ROLES",
     "Blob",
     "LocalStorage",
     "ObjectInfo",
     "OnlineSigners",
+    "Principal",
     "Publisher",
     "ReleaseResult",
     "RepoConfig",
@@ -34,6 +38,7 @@ __all__ = [
     "ServerContext",
     "ServerThread",
     "Storage",
+    "TokenStore",
     "add_release_locally",
     "bind_socket",
     "check_key",

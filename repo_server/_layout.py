@@ -6,6 +6,7 @@ Layout of ``REPO/``::
     keys/           NAME.key (encrypted private key) and NAME.pub; never served
     public/         the served tree: metadata/ and targets/ (the local Storage)
     tracker.db      the rollout tracker (SQLite)
+    tokens.json     operators' API tokens (SHA-256 hashes only)
     .publish.lock   serialises publishers across processes
 
 Invariants: only ``public/`` is ever served; ``create`` builds the whole
@@ -82,6 +83,10 @@ class Repository:
     @property
     def tracker_path(self) -> Path:
         return self.path / "tracker.db"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.path / "tokens.json"
 
     @classmethod
     def open(cls, path: Path) -> Repository:

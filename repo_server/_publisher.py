@@ -372,6 +372,53 @@ class Publisher:
         self.storage.put(metadata_key(Timestamp.type), timestamp.to_bytes())
         self._step("done")
 
+    def publish_root(self, root: Metadata[Root]) -> bool:
+        """Publish the next root version (rotation), then re-sign snapshot and timestamp.
+
+        TUF specification 5.3.4-5.3.5: the new root must be signed by a
+        threshold of the current root's keys and by a threshold of its own,
+        and its version is exactly one more.
+
+        Returns:
+            False when that root version is already published byte for byte.
+
+        Raises:
+            VerificationError: a threshold is not met.
+            ConflictError: the version is not exactly the next one.
+        """
+        with self.storage.lock():
+            state = load_state(self.storage)
+            current = state.root
+            if (
+                root.signed.version == current.signed.version
+                and root.to_bytes() == current.to_bytes()
+            ):
+                return False
+            if root.signed.version != current.signed.version + 1:
+                raise ConflictError(
+                    f"root version {root.signed.version} is not the next version "
+                    f"({current.signed.version + 1})"
+                )
+            try:
+                current.verify_delegate(Root.type, root)
+            except UnsignedMetadataError as e:
+                raise VerificationError(f"new root lacks the current root's threshold: {e}") from e
+            try:
+                root.verify_delegate(Root.type, root)
+            except UnsignedMetadataError as e:
+                raise VerificationError(f"new root lacks its own threshold: {e}") from e
+            if root.signed.expires <= self._clock():
+                raise VerificationError(f"new root expired at {root.signed.expires}")
+            self._step("root")
+            self.storage.put(metadata_key(Root.type, root.signed.version), root.to_bytes())
+            # Online keys may have rotated too: the next snapshot and timestamp use the signers
+            # the caller configured for the new root.
+            self._write_snapshot_and_timestamp(
+                state.snapshot, state.timestamp, self._signers(), self._clock()
+            )
+        logger.info("published root v%d", root.signed.version)
+        return True
+
     def publish_rollout(self, doc: RolloutDoc) -> None:
         """Sign ``doc`` with the online ``rollouts`` key and publish it.
 

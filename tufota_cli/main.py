@@ -13,7 +13,16 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from tufota_cli import demo_cmd, device_cmds, release_cmds, repo_cmds, rollout_cmds
+from tufota_cli import (
+    admin_cmds,
+    demo_cmd,
+    device_cmds,
+    release_cmds,
+    repo_cmds,
+    rollout_cmds,
+    signing_cmds,
+    simulate_cmd,
+)
 from tufota_core import TufotaError
 
 
@@ -26,11 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show debug logs and tracebacks"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    repo_cmds.register(sub)
-    release_cmds.register(sub)
-    device_cmds.register(sub)
-    rollout_cmds.register(sub)
-    demo_cmd.register(sub)
+    # One module per command group; each registers its own subcommands.
+    for module in (
+        repo_cmds,  # init, serve
+        admin_cmds,  # repo verify, token (repository-server issue)
+        signing_cmds,  # key, root, product, expiry (signing issue)
+        release_cmds,  # release add|sign|verify|upload
+        device_cmds,  # device provision|register|accept|revoke
+        rollout_cmds,  # rollout ..., fleet status
+        simulate_cmd,  # simulate (staging issue)
+        demo_cmd,  # demo
+    ):
+        module.register(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from repo_server import Repository, ServerContext, create_app, run_forever
+from repo_server import Repository, ServerContext, TokenStore, create_app, run_forever
 from staging import RolloutController, SqliteTrackerStore
 from tufota_cli._common import open_repo, passphrase_source
 
@@ -55,7 +55,11 @@ def build_context(
     store = SqliteTrackerStore(repo.tracker_path)
     controller = RolloutController(store, publisher)
     return ServerContext(
-        publisher=publisher, store=store, controller=controller, tick_interval=tick_interval
+        tokens=TokenStore(repo.tokens_path),
+        publisher=publisher,
+        store=store,
+        controller=controller,
+        tick_interval=tick_interval,
     )
 
 

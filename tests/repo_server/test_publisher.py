@@ -174,3 +174,37 @@ def test_uninitialised_storage_is_a_repository_error(tmp_path: Path) -> None:
 def test_opening_a_missing_repository_names_it(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="not a tufota repository"):
         Repository.open(tmp_path / "nope")
+
+
+def test_root_rotation_needs_old_and_new_thresholds(released_repo: Repository) -> None:
+    from tuf.api.metadata import Root
+
+    from signing import load_signer
+
+    publisher = released_repo.publisher(ask)
+    current = released_repo.state().root
+    new_key = CryptoSigner.generate_ed25519()
+    old_signer = load_signer(released_repo.key("root"), ask)
+
+    def next_root() -> Metadata[Root]:
+        root = Metadata.from_bytes(current.to_bytes())
+        root.signed.version += 1
+        root.signed.revoke_key(released_repo.key("root").keyid, Root.type)
+        root.signed.add_key(new_key.public_key, Root.type)
+        root.signatures.clear()
+        return root
+
+    only_new = next_root()
+    only_new.sign(new_key)
+    with pytest.raises(VerificationError, match="current root"):
+        publisher.publish_root(only_new)
+    only_old = next_root()
+    only_old.sign(old_signer)
+    with pytest.raises(VerificationError, match="own threshold"):
+        publisher.publish_root(only_old)
+    both = next_root()
+    both.sign(old_signer)
+    both.sign(new_key, append=True)
+    assert publisher.publish_root(both)
+    assert released_repo.state().root.signed.version == 2
+    assert publisher.publish_root(both) is False
