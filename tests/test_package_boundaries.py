@@ -21,7 +21,7 @@ ALLOWED = {
 FORBIDDEN_THIRD_PARTY = {
     "tufota_core": {"requests", "boto3", "fastapi", "uvicorn", "sqlite3"},
     "device_agent": {"boto3", "fastapi", "uvicorn", "starlette", "prometheus_client"},
-    "staging": {"boto3", "fastapi", "requests"},
+    "staging": {"fastapi", "uvicorn"},
 }
 
 
