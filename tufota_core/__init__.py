@@ -31,6 +31,7 @@ from tufota_core._names import (
 from tufota_core._report import (
     DEVICE_STATES,
     MAX_REPORT_BYTES,
+    MAX_REPORT_MESSAGE,
     Report,
     canonical_bytes,
     parse_envelope,
@@ -52,6 +53,7 @@ from tufota_core._time import format_time, parse_time, utcnow
 __all__ = [
     "DEVICE_STATES",
     "MAX_REPORT_BYTES",
+    "MAX_REPORT_MESSAGE",
     "ROLLOUTS_ROLE",
     "ROLLOUT_STATES",
     "SEVERITIES",

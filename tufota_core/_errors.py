@@ -28,6 +28,12 @@ class TufotaError(Exception):
 
     code = "error"
 
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            # A narrower, stable reason than the class gives (e.g. "downgrade_refused").
+            self.code = code
+
 
 class InputError(TufotaError):
     """Bad operator or client input: arguments, uploads, request bodies."""

@@ -44,6 +44,7 @@ DEVICE_STATES = (
 )
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_MESSAGE = 1024
+MAX_REPORT_MESSAGE = MAX_MESSAGE
 MAX_REPORT_BYTES = 16 * 1024
 
 

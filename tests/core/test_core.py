@@ -171,3 +171,13 @@ def test_signed_report_verifies_and_tampering_is_detected() -> None:
 def test_malformed_reports_are_refused(report: dict[str, object]) -> None:
     with pytest.raises(InputError):
         Report.from_json(report)
+
+
+def test_errors_carry_a_stable_code_that_callers_may_narrow() -> None:
+    from tufota_core import InputError, NotFoundError
+
+    assert NotFoundError("x").code == "not_found"
+    narrowed = InputError("older than installed", code="downgrade_refused")
+    assert narrowed.code == "downgrade_refused"
+    assert str(narrowed) == "older than installed"
+    assert InputError("y").code == "bad_input"
