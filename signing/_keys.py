@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
+from securesystemslib.exceptions import UnverifiedSignatureError
+from securesystemslib.exceptions import VerificationError as SslibVerificationError
 from securesystemslib.signer import (
     SIGNER_FOR_URI_SCHEME,
     CryptoSigner,
@@ -36,9 +38,10 @@ from securesystemslib.signer import (
     Signer,
     SSlibKey,
 )
+from tuf.api.metadata import Metadata
 
 from signing._fs import atomic_write
-from tufota_core import InputError, NotFoundError, VerificationError
+from tufota_core import InputError, NotFoundError, TransportError, VerificationError
 
 KEY_TYPES = ("ed25519", "ecdsa")
 MIN_PASSPHRASE = 8
@@ -79,6 +82,8 @@ class EncryptedFileSigner(Signer):
             pem = path.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"private key file {path} does not exist") from None
+        if not pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"):
+            raise InputError(f"{path} is not an encrypted private key file")
         passphrase = secrets_handler("passphrase")
         try:
             private_key = load_pem_private_key(pem, passphrase.encode())
@@ -86,6 +91,15 @@ class EncryptedFileSigner(Signer):
             raise VerificationError(f"cannot decrypt {path}: wrong passphrase?") from e
         if not isinstance(public_key, SSlibKey):
             raise ValueError("encfile keys are SSlibKeys")
+        try:
+            derived = SSlibKey.from_crypto(private_key.public_key())
+        except (ValueError, TypeError) as e:
+            raise InputError(f"{path} holds an unsupported key type") from e
+        if derived.keyval != public_key.keyval:
+            raise InputError(
+                f"{path} does not belong to public key {public_key.keyid[:12]} "
+                "(mismatched key files)"
+            )
         return cls(CryptoSigner(private_key, public_key))
 
 
@@ -133,10 +147,81 @@ def generate_key(out: Path, passphrase: str, key_type: str = "ed25519") -> KeyFi
     )
     atomic_write(priv_path, encrypted, mode=0o600)
     uri = f"{EncryptedFileSigner.SCHEME}:{priv_path.name}"
-    public: dict[str, Any] = {"keyid": signer.public_key.keyid, "uri": uri}
-    public.update(signer.public_key.to_dict())
-    atomic_write(pub_path, (json.dumps(public, indent=1) + "\n").encode())
-    return KeyFile(key=signer.public_key, uri=uri, path=pub_path)
+    return write_public_key(pub_path, signer.public_key, uri)
+
+
+def write_public_key(path: Path, key: SSlibKey, uri: str) -> KeyFile:
+    """Write a ``NAME.pub`` file: TUF public key, key id and the private key's signer URI."""
+    public: dict[str, Any] = {"keyid": key.keyid, "uri": uri}
+    public.update(key.to_dict())
+    atomic_write(path, (json.dumps(public, indent=1) + "\n").encode())
+    return KeyFile(key=key, uri=uri, path=path)
+
+
+def import_kms_key(key_id: str, out: Path, scheme: str | None = None) -> KeyFile:
+    """Write ``out.pub`` for an AWS KMS key, signer URI ``awskms:<key_id>``.
+
+    The AWS client is configured the usual boto3 way (``AWS_REGION``,
+    credentials, ``AWS_ENDPOINT_URL_KMS``); the private key never leaves KMS.
+
+    Raises:
+        InputError: ``out.pub`` exists, or the key's algorithm is not usable for TUF.
+        TransportError: KMS could not be reached or refused the request.
+    """
+    from securesystemslib.exceptions import UnsupportedAlgorithmError
+    from securesystemslib.signer import AWSSigner
+
+    pub_path = out.with_suffix(".pub")
+    if pub_path.exists():
+        raise InputError(f"{pub_path} already exists; refusing to overwrite a key")
+    try:
+        uri, key = AWSSigner.import_(key_id, scheme)
+    except (ValueError, UnsupportedAlgorithmError) as e:
+        raise InputError(f"KMS key {key_id} cannot sign TUF metadata: {e}") from e
+    except Exception as e:  # botocore's ClientError / BotoCoreError, kept out of imports
+        raise TransportError(f"AWS KMS refused or failed for {key_id}: {e}") from e
+    return write_public_key(pub_path, key, uri)
+
+
+def resolve_key_file(path: Path) -> KeyFile:
+    """The key named by ``path``: ``NAME.pub``, or ``NAME.key`` with ``NAME.pub`` beside it.
+
+    Raises:
+        NotFoundError: a file is missing.
+        InputError: the public key file is malformed.
+    """
+    if path.suffix == ".key":
+        if not path.is_file():
+            raise NotFoundError(f"private key file {path} does not exist")
+        pub = path.with_suffix(".pub")
+        if not pub.is_file():
+            raise NotFoundError(f"{pub}, the public half of {path}, does not exist")
+        key_file = load_public_key(pub)
+        return KeyFile(key_file.key, f"{EncryptedFileSigner.SCHEME}:{path.name}", pub)
+    return load_public_key(path)
+
+
+def sign_checked(metadata: Metadata[Any], signer: Signer, key: Key | None = None) -> Signature:
+    """Sign ``metadata`` (replacing this key's earlier signature) and verify the result.
+
+    The signature is checked with ``key`` (default: the signer's public key)
+    through ``Key.verify_signature``, so a signer that is not the key it
+    claims to be (a wrong KMS key, a broken HSM) is caught before anything
+    is written.
+
+    Raises:
+        VerificationError: the new signature does not verify.
+    """
+    signature = metadata.sign(signer, append=True)
+    check = key or signer.public_key
+    try:
+        check.verify_signature(signature, metadata.signed_bytes)
+    except (UnverifiedSignatureError, SslibVerificationError) as e:
+        metadata.signatures.pop(signature.keyid, None)
+        raise VerificationError(
+            f"the signature of key {check.keyid[:12]} does not verify: wrong key?"
+        ) from e
+    return signature
 
 
 def load_public_key(path: Path) -> KeyFile:
@@ -155,6 +240,8 @@ def load_public_key(path: Path) -> KeyFile:
         raise NotFoundError(f"public key file {path} does not exist") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{path} is not a public key file: {e}") from e
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e}") from e
     if key.keyid != keyid:
         raise InputError(f"{path}: key id does not match the key")
     return KeyFile(key=key, uri=uri, path=path)

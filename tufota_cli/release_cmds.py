@@ -1,13 +1,72 @@
-"""``tufota release``: sign and publish firmware releases."""
+"""``tufota release``: sign, verify, upload and (embedded shortcut) publish releases.
+
+* ``add``: sign with the embedded repository's own release key and publish.
+* ``sign``: the offline path; writes a bundle with the product line's next
+  signed role, the firmware file and (for offline checks) the targets it was
+  signed against. Current metadata comes from ``--repo`` or from
+  ``--metadata`` verified against ``--root`` (see ``signing_cmds``).
+* ``cosign``: a further release key holder adds a signature (threshold > 1).
+* ``verify``: checks a bundle offline against a trusted root.
+* ``upload``: ``POST /api/v1/releases`` with an uploader token; the server
+  verifies again and publishes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from pathlib import Path
+from typing import Any
+
+import requests
+from tuf.api.metadata import Metadata, Targets
 
 from repo_server import add_release_locally
+from signing import (
+    add_release,
+    empty_delegated,
+    find_product,
+    load_root,
+    read_bundle,
+    sign_checked,
+    verify_bundle,
+    write_bundle,
+)
 from tufota_cli._common import open_repo, passphrase_source
-from tufota_core import SEVERITIES, FirmwareInfo, InputError, NotFoundError
+from tufota_cli.signing_cmds import (
+    add_source_args,
+    check_output,
+    confirm,
+    current_metadata,
+    expiry_with,
+    load_keys,
+    load_signers,
+    short,
+    signature_count,
+)
+from tufota_core import (
+    SEVERITIES,
+    FirmwareInfo,
+    InputError,
+    NotFoundError,
+    TransportError,
+    format_time,
+    product_role,
+    utcnow,
+)
+
+TOKEN_ENV = "TUFOTA_TOKEN"  # noqa: S105 - the variable's name, not a secret
+
+
+def _release_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="firmware image")
+    p.add_argument("--hardware", required=True, help="hardware id (product line)")
+    p.add_argument("--version", required=True, help="semantic version, newer than the last release")
+    p.add_argument("--severity", default="none", choices=SEVERITIES)
+    p.add_argument("--cvss", type=float, default=None, help="highest CVSS score this release fixes")
+    p.add_argument("--fixes", default="", help="comma-separated CVE ids this release fixes")
+    p.add_argument("--notes", default="", help="release notes")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,15 +75,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = rsub.add_parser(
         "add", help="sign a firmware file with the repository's release key and publish it"
     )
-    p.add_argument("file", metavar="FILE", help="firmware image")
+    _release_args(p)
     p.add_argument("--repo", required=True, help="repository directory")
-    p.add_argument("--hardware", required=True, help="hardware id (product line)")
-    p.add_argument("--version", required=True, help="semantic version, newer than the last release")
-    p.add_argument("--severity", default="none", choices=SEVERITIES)
-    p.add_argument("--cvss", type=float, default=None, help="highest CVSS score this release fixes")
-    p.add_argument("--fixes", default="", help="comma-separated CVE ids this release fixes")
-    p.add_argument("--notes", default="", help="release notes")
     p.set_defaults(func=cmd_add)
+
+    p = rsub.add_parser("sign", help="sign a release offline into a bundle")
+    _release_args(p)
+    p.add_argument("--key", action="append", required=True, help="release key NAME.key (repeat)")
+    p.add_argument("--expires", default=None, help="role validity, e.g. 180d")
+    add_source_args(p)
+    p.set_defaults(func=cmd_sign)
+
+    p = rsub.add_parser("cosign", help="add a release key's signature to a bundle, in place")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--key", action="append", required=True)
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(func=cmd_cosign)
+
+    p = rsub.add_parser("verify", help="check a bundle offline against a trusted root")
+    p.add_argument("bundle", metavar="BUNDLE")
+    add_source_args(p, publish=False)
+    p.set_defaults(func=cmd_verify)
+
+    p = rsub.add_parser("upload", help="send a bundle to the repository server")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--server", required=True, help="server URL, e.g. https://ota.example.com")
+    p.add_argument("--token", default=None, help=f"uploader API token (default: ${TOKEN_ENV})")
+    p.add_argument("--ca-bundle", default=None, help="CA certificates to trust for HTTPS")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    p.set_defaults(func=cmd_upload)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -51,3 +130,179 @@ def cmd_add(args: argparse.Namespace) -> int:
     print(f"published {result.target_path}")
     print(f"  {result.length} bytes, sha256 {result.sha256}")
     return 0
+
+
+def _info_from_args(args: argparse.Namespace) -> FirmwareInfo:
+    return FirmwareInfo(
+        hardware_id=args.hardware,
+        version=args.version,
+        severity=args.severity,
+        cvss=args.cvss,
+        fixes=tuple(f.strip() for f in args.fixes.split(",") if f.strip()),
+        notes=args.notes,
+    )
+
+
+def _check_firmware(path: Path) -> None:
+    if not path.is_file():
+        raise NotFoundError(f"firmware file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(f"firmware file {path} is empty")
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    firmware = Path(args.file)
+    _check_firmware(firmware)
+    info = _info_from_args(args)
+    out = check_output(args)
+    if out is None:
+        raise InputError(
+            "release sign writes a bundle: give --out BUNDLE ('release add' publishes)"
+        )
+    keys = load_keys(args.key)
+    current = current_metadata(args, info.hardware_id)
+    name = product_role(info.hardware_id)
+    delegation = find_product(current.targets, info.hardware_id)
+    delegated_keys = current.targets.signed.delegations.keys  # type: ignore[union-attr]
+    for key in keys:
+        if key.keyid not in delegation.keyids:
+            raise InputError(
+                f"key {short(key.keyid)} ({key.path.name}) is not a release key of product line "
+                f"{info.hardware_id}"
+            )
+    now = utcnow()
+    expiry = expiry_with(args.expires, "product")
+    product = current.role
+    if product is None:
+        product = empty_delegated(now, expiry.product)
+        product.signed.version = 0  # add_release bumps it to 1
+    else:
+        product = Metadata[Targets].from_bytes(product.to_bytes())
+    info = dataclasses.replace(info, released=format_time(now))
+    product, target = add_release(product, firmware, info, now, expiry)
+    confirm(
+        [
+            f"file:      {firmware} ({target.length} bytes)",
+            f"sha256:    {target.hashes['sha256']}",
+            f"target:    {target.path}",
+            f"hardware:  {info.hardware_id}   version: {info.version}",
+            f"security:  severity {info.severity}, cvss {'-' if info.cvss is None else info.cvss}, "
+            f"fixes {', '.join(info.fixes) or '-'}",
+            *([f"notes:     {info.notes}"] if info.notes else []),
+            f"role:      {name} v{product.signed.version}, expires "
+            f"{format_time(product.signed.expires)}",
+            f"keys:      {', '.join(short(k.keyid) for k in keys)} "
+            f"(threshold {delegation.threshold} of {len(delegation.keyids)})",
+        ],
+        args.yes,
+    )
+    for signer in load_signers(args.key, passphrase_source()):
+        sign_checked(product, signer, delegated_keys[signer.public_key.keyid])
+    have, need = signature_count(current.targets, name, product)
+    write_bundle(
+        out, roles={name: product}, blobs=[(target, firmware)], context_targets=current.targets
+    )
+    print(f"wrote {out}: {target.path}, {have} of {need} signature(s)")
+    if have < need:
+        print(
+            f"the product line needs {need} signatures: each other release key holder runs "
+            f"'tufota release cosign {out} --key K'",
+        )
+    return 0
+
+
+def cmd_cosign(args: argparse.Namespace) -> int:
+    path = Path(args.bundle)
+    with read_bundle(path) as bundle:
+        if len(bundle.roles) != 1 or bundle.context_targets is None:
+            raise InputError(f"{path} is not a release bundle from 'tufota release sign'")
+        [(name, role)] = bundle.roles.items()
+        delegations = bundle.context_targets.signed.delegations
+        if delegations is None or delegations.roles is None or name not in delegations.roles:
+            raise InputError(f"{path}: {name} is not delegated by the bundle's targets")
+        delegation = delegations.roles[name]
+        lines = [f"{name} v{role.signed.version}, expires {format_time(role.signed.expires)}"]
+        for target, _file in bundle.blobs:
+            lines.append(
+                f"  {target.path}  {target.length} bytes  sha256 {target.hashes['sha256']}"
+            )
+        confirm(lines, args.yes)
+        for signer in load_signers(args.key, passphrase_source()):
+            keyid = signer.public_key.keyid
+            if keyid not in delegation.keyids:
+                raise InputError(f"key {short(keyid)} is not a release key of {name}")
+            sign_checked(role, signer, delegations.keys[keyid])
+        have, need = signature_count(bundle.context_targets, name, role)
+        write_bundle(
+            path,
+            roles=bundle.roles,
+            blobs=bundle.blobs,
+            context_targets=bundle.context_targets,
+            overwrite=True,
+        )
+    print(f"{path}: {have} of {need} signature(s)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    trusted = load_root(Path(args.root))
+    extra = None
+    if args.repo or args.metadata:
+        extra = current_metadata(args, None).targets
+    with read_bundle(Path(args.bundle)) as bundle:
+        check = verify_bundle(bundle, trusted, utcnow(), extra)
+    for role, (have, need) in sorted(check.signatures.items()):
+        print(f"{role}: {have} of {need} required signature(s) valid")
+    for target, info in check.firmware:
+        print(
+            f"{target.path}: {target.length} bytes, sha256 {target.hashes['sha256']}, "
+            f"version {info.version}, severity {info.severity}"
+        )
+    if check.root_version is not None:
+        print(f"carries root v{check.root_version}")
+    print(f"{args.bundle}: OK")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    path = Path(args.bundle)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise InputError(f"give an uploader token with --token or {TOKEN_ENV}")
+    with read_bundle(path):  # refuse a malformed bundle before it leaves the machine
+        pass
+    url = args.server.rstrip("/") + "/api/v1/releases"
+    verify: bool | str = args.ca_bundle if args.ca_bundle else True
+    if args.ca_bundle and not Path(args.ca_bundle).is_file():
+        raise NotFoundError(f"CA bundle {args.ca_bundle} does not exist")
+    try:
+        with path.open("rb") as body:
+            response = requests.post(
+                url,
+                data=body,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/octet-stream",
+                },
+                timeout=args.timeout,
+                verify=verify,
+            )
+    except requests.RequestException as e:
+        raise TransportError(f"cannot reach {url}: {e}") from e
+    try:
+        body_json: Any = response.json()
+    except ValueError:
+        body_json = None
+    if response.status_code in (200, 201):
+        published = isinstance(body_json, dict) and body_json.get("published", True)
+        message = body_json.get("message") if isinstance(body_json, dict) else None
+        if response.status_code == 201 and published:
+            print(message or f"published {path.name}")
+        else:
+            print(message or f"{path.name} was already published; nothing changed")
+        return 0
+    if isinstance(body_json, dict) and "message" in body_json:
+        detail = f"{body_json.get('error', 'error')}: {body_json['message']}"
+    else:
+        detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+    raise TransportError(f"the server refused the upload (HTTP {response.status_code}) {detail}")

@@ -1,9 +1,688 @@
-"""Command group placeholder: filled in by its issue."""
+"""``tufota key|root|product|expiry``: keys, the root ceremony, product lines, expiry.
+
+Where current metadata comes from (every command that changes metadata):
+
+* ``--repo REPO``: the embedded repository directory; the result is published
+  to it directly unless ``--out BUNDLE`` asks for a bundle instead.
+* ``--metadata SRC --root ROOT.json``: a server URL or a directory copy of its
+  ``metadata/``, verified by ``tuf.ngclient`` from the trusted root; the result
+  is always a bundle (``--out``) for ``tufota release upload``.
+
+Every command that signs prints what it will sign and asks for confirmation
+unless ``--yes``; nothing is written before every check passed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.signer import Key, Signer
+from tuf.api.metadata import Metadata, Root, Targets
+
+from repo_server import Repository
+from signing import (
+    KEY_TYPES,
+    CurrentMetadata,
+    Expiry,
+    KeyFile,
+    RootProposal,
+    add_product_line,
+    change_product_keys,
+    fetch_current,
+    finished_root,
+    generate_key,
+    import_kms_key,
+    load_root,
+    load_signer,
+    merge_proposals,
+    proposal_status,
+    propose_root,
+    propose_rotation,
+    resign_role,
+    resolve_key_file,
+    sign_checked,
+    sign_proposal,
+    write_bundle,
+)
+from tufota_cli._common import open_repo, passphrase_source, print_json, table
+from tufota_cli.rollout_cmds import parse_duration
+from tufota_core import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    VerificationError,
+    check_hardware_id,
+    format_time,
+    product_role,
+    utcnow,
+)
+
+# -- shared helpers (release_cmds uses them too) --------------------------------------
+
+
+def add_source_args(p: argparse.ArgumentParser, publish: bool = True) -> None:
+    """``--repo`` / ``--metadata`` + ``--root`` / ``--out`` (see the module docstring)."""
+    p.add_argument("--repo", default=None, help="embedded repository directory")
+    p.add_argument(
+        "--metadata",
+        default=None,
+        help="server URL or directory of its metadata/, verified against --root",
+    )
+    p.add_argument("--root", default=None, help="trusted root.json for --metadata")
+    if publish:
+        p.add_argument(
+            "--out", default=None, help="write a bundle here (default with --repo: publish)"
+        )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def current_metadata(args: argparse.Namespace, hardware_id: str | None) -> CurrentMetadata:
+    """Current metadata from ``--repo`` or ``--metadata``/``--root``.
+
+    Raises:
+        InputError: neither or both sources, or ``--metadata`` without ``--root``.
+    """
+    if bool(args.repo) == bool(args.metadata):
+        raise InputError("give the current metadata with --repo REPO or --metadata SRC --root R")
+    if args.repo:
+        state = open_repo(args.repo).state()
+        role = state.roles.get(product_role(hardware_id)) if hardware_id else None
+        return CurrentMetadata(state.root, state.targets, role)
+    if not args.root:
+        raise InputError("--metadata needs --root ROOT.json, the root you trust")
+    trusted = load_root(Path(args.root))
+    return fetch_current(args.metadata, trusted.to_bytes(), hardware_id)
+
+
+def check_output(args: argparse.Namespace) -> Path | None:
+    """The bundle path to write, or None to publish into ``--repo``.
+
+    Raises:
+        InputError: ``--metadata`` without ``--out``, or ``--out`` exists already.
+    """
+    if args.out is None:
+        if not args.repo:
+            raise InputError(
+                "--metadata needs --out BUNDLE (upload it with 'tufota release upload')"
+            )
+        return None
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out} already exists; refusing to overwrite it")
+    if not out.parent.is_dir():
+        raise NotFoundError(f"directory {out.parent} does not exist")
+    return out
+
+
+def confirm(lines: Sequence[str], yes: bool, question: str = "Sign this?") -> None:
+    """Print what will be signed; ask unless ``yes``.
+
+    Raises:
+        InputError: declined, or no terminal to ask on and no ``--yes``.
+    """
+    print("\n".join(lines), flush=True)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError("refusing to sign without confirmation: pass --yes or run on a terminal")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise InputError("not confirmed; nothing was signed")
+
+
+def load_keys(paths: Sequence[str]) -> list[KeyFile]:
+    """Public key files (``NAME.pub``, or ``NAME.key`` with ``NAME.pub`` beside it)."""
+    return [resolve_key_file(Path(p)) for p in paths]
+
+
+def load_signers(paths: Sequence[str], passphrase: Callable[[], str]) -> list[Signer]:
+    """A signer per key file; asks the passphrase once, only for encrypted key files."""
+    return [load_signer(k, passphrase) for k in load_keys(paths)]
+
+
+def short(keyid: str) -> str:
+    return keyid[:12]
+
+
+def expiry_with(period: str | None, field: str) -> Expiry:
+    """The default expiry periods with ``field`` overridden by ``period`` (e.g. ``180d``)."""
+    if period is None:
+        return Expiry()
+    seconds = parse_duration(period)
+    if seconds <= 0:
+        raise InputError(f"expiry period {period!r} must be positive")
+    return replace(Expiry(), **{field: timedelta(seconds=seconds)})
+
+
+def signature_count(delegator: Metadata[Any], role: str, md: Metadata[Targets]) -> tuple[int, int]:
+    result = delegator.signed.get_verification_result(role, md.signed_bytes, md.signatures)
+    return len(result.signed), result.threshold
+
+
+# -- key --------------------------------------------------------------------------------
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise NotFoundError(f"directory {out.parent} does not exist")
+    key = generate_key(out, passphrase_source(confirm=True)(), args.type)
+    print(f"wrote {out.with_suffix('.key')} (encrypted) and {key.path}")
+    print(f"key id:     {key.keyid}")
+    print(f"signer URI: {key.uri}")
+    return 0
+
+
+def cmd_key_import_kms(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise NotFoundError(f"directory {out.parent} does not exist")
+    key = import_kms_key(args.key_id, out, args.scheme)
+    print(f"wrote {key.path}")
+    print(f"key id:     {key.keyid}")
+    print(f"signer URI: {key.uri}")
+    return 0
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    key = resolve_key_file(Path(args.file))
+    print(f"key id:     {key.keyid}")
+    print(f"type:       {key.key.keytype} ({key.key.scheme})")
+    print(f"signer URI: {key.uri or '(none: public key only)'}")
+    return 0
+
+
+# -- root -----------------------------------------------------------------------------
+
+
+def _describe(proposal: RootProposal) -> list[str]:
+    root = proposal.root.signed
+    lines = [f"root v{root.version}, expires {format_time(root.expires)}"]
+    rows = [
+        [name, f"{role.threshold} of {len(role.keyids)}", " ".join(short(k) for k in role.keyids)]
+        for name, role in sorted(root.roles.items())
+    ]
+    lines.append(table(["role", "threshold", "keys"], rows))
+    return lines
+
+
+def cmd_root_init(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out} already exists; refusing to overwrite it")
+    root_keys = [k.key for k in load_keys(args.key)]
+    targets_keys = [k.key for k in load_keys(args.targets_key or args.key)]
+    online = resolve_key_file(Path(args.online_key)).key
+    proposal = propose_root(
+        root_keys,
+        args.threshold,
+        targets_keys,
+        args.targets_threshold,
+        online,
+        utcnow(),
+        expiry_with(args.expires, "root"),
+    )
+    proposal.save(out)
+    print("\n".join(_describe(proposal)))
+    print(
+        f"wrote unsigned proposal {out}; each root key holder runs: tufota root sign {out} --key K"
+    )
+    return 0
+
+
+def cmd_root_rotate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out} already exists; refusing to overwrite it")
+    if bool(args.repo) == bool(args.current):
+        raise InputError("give the current root with --repo REPO or --current ROOT.json")
+    current = open_repo(args.repo).state().root if args.repo else load_root(Path(args.current))
+
+    def keys(paths: list[str] | None) -> list[Key] | None:
+        return None if not paths else [k.key for k in load_keys(paths)]
+
+    proposal = propose_rotation(
+        current,
+        utcnow(),
+        expiry_with(args.expires, "root"),
+        root_keys=keys(args.key),
+        threshold=args.threshold,
+        targets_keys=keys(args.targets_key),
+        targets_threshold=args.targets_threshold,
+        online_key=None if not args.online_key else resolve_key_file(Path(args.online_key)).key,
+    )
+    proposal.save(out)
+    print("\n".join(_describe(proposal)))
+    print(
+        f"wrote unsigned proposal {out}: it needs the threshold of root v{current.signed.version} "
+        f"and its own; run: tufota root sign {out} --key K"
+    )
+    return 0
+
+
+def cmd_root_sign(args: argparse.Namespace) -> int:
+    path = Path(args.proposal)
+    proposal = RootProposal.load(path)
+    confirm(_describe(proposal), args.yes, "Sign this root?")
+    for signer in load_signers(args.key, passphrase_source()):
+        sign_proposal(proposal, signer)
+        print(f"signed with key {short(signer.public_key.keyid)}")
+    proposal.save(path)
+    _print_status(proposal)
+    return 0
+
+
+def cmd_root_merge(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    proposals = [RootProposal.load(Path(p)) for p in args.copies]
+    merged = merge_proposals(proposals)
+    merged.save(out)
+    print(f"merged {len(merged.root.signatures)} valid signature(s) into {out}")
+    _print_status(merged)
+    return 0
+
+
+def _print_status(proposal: RootProposal) -> bool:
+    status = proposal_status(proposal, utcnow())
+    for group in status.groups:
+        rows = [
+            [
+                short(k.keyid),
+                "yes" if k.present else "no",
+                "valid" if k.valid else ("INVALID" if k.present else "-"),
+            ]
+            for k in group.keys
+        ]
+        print(f"{group.name}: {group.valid} of {group.threshold} required signatures")
+        print(table(["key", "signed", "signature"], rows))
+    for problem in status.problems:
+        print(f"problem: {problem}")
+    print(
+        "complete: ready to publish"
+        if status.complete
+        else "incomplete: more signatures are needed"
+    )
+    return status.complete
+
+
+def cmd_root_status(args: argparse.Namespace) -> int:
+    proposal = RootProposal.load(Path(args.proposal))
+    if args.json:
+        status = proposal_status(proposal, utcnow())
+        print_json(
+            {
+                "version": status.version,
+                "expires": format_time(status.expires),
+                "roles": {
+                    n: {"threshold": t, "keyids": list(k)} for n, (t, k) in status.roles.items()
+                },
+                "signatures": [
+                    {
+                        "group": g.name,
+                        "threshold": g.threshold,
+                        "valid": g.valid,
+                        "keys": [
+                            {"keyid": k.keyid, "present": k.present, "valid": k.valid}
+                            for k in g.keys
+                        ],
+                    }
+                    for g in status.groups
+                ],
+                "problems": list(status.problems),
+                "complete": status.complete,
+            }
+        )
+        complete = status.complete
+    else:
+        print("\n".join(_describe(proposal)))
+        complete = _print_status(proposal)
+    return 0 if complete or not args.check else 1
+
+
+def cmd_root_publish(args: argparse.Namespace) -> int:
+    proposal = RootProposal.load(Path(args.proposal))
+    if bool(args.repo) == bool(args.out):
+        raise InputError("give --repo REPO (publish) or --out BUNDLE (for upload)")
+    if args.repo:
+        repo = open_repo(args.repo)
+        current = repo.state().root
+        if proposal.previous is not None and proposal.previous.to_bytes() != current.to_bytes():
+            raise ConflictError(
+                f"the proposal replaces a different root than the repository's v"
+                f"{current.signed.version}"
+            )
+        root = finished_root(RootProposal(proposal.root, current), utcnow())
+        _check_online_key(repo, root)
+        if repo.publisher(passphrase_source()).publish_root(root):
+            print(f"published root v{root.signed.version}; devices follow it on their next poll")
+        else:
+            print(f"root v{root.signed.version} was already published")
+        return 0
+    root = finished_root(proposal, utcnow())
+    out = Path(args.out)
+    write_bundle(out, root=root)
+    print(f"wrote {out} with root v{root.signed.version}; upload it with: tufota release upload")
+    return 0
+
+
+def _check_online_key(repo: Repository, root: Metadata[Root]) -> None:
+    online = repo.key(repo.config.online_key).keyid
+    for role in ("snapshot", "timestamp"):
+        if online not in root.signed.roles[role].keyids:
+            raise ConflictError(
+                f"the new root does not list this repository's online key {short(online)} for "
+                f"{role}; the server could not sign {role} any more"
+            )
+
+
+# -- product ---------------------------------------------------------------------------
+
+
+def _targets_signers(args: argparse.Namespace, passphrase: Callable[[], str]) -> list[Signer]:
+    paths = list(args.targets_key or [])
+    if not paths and args.repo:
+        repo = open_repo(args.repo)
+        paths = [str(repo.keys_dir / f"{k}.pub") for k in repo.config.targets_keys]
+    if not paths:
+        raise InputError("give the targets key(s) that sign the delegation with --targets-key")
+    return load_signers(paths, passphrase)
+
+
+def _finish(
+    args: argparse.Namespace,
+    out: Path | None,
+    targets: Metadata[Targets] | None,
+    roles: dict[str, Metadata[Targets]],
+    context: Metadata[Targets] | None = None,
+) -> None:
+    if out is not None:
+        write_bundle(out, roles=roles, targets=targets, context_targets=context)
+        print(f"wrote {out}; upload it with: tufota release upload {out} --server URL")
+        return
+    repo = open_repo(args.repo)
+    repo.publisher(passphrase_source()).publish(roles, [], targets)
+    print(f"published to {repo.path}")
+
+
+def _sign_targets(
+    current: CurrentMetadata, targets: Metadata[Targets], signers: list[Signer]
+) -> None:
+    root = current.root.signed
+    allowed = set(root.roles["targets"].keyids)
+    for signer in signers:
+        keyid = signer.public_key.keyid
+        if keyid not in allowed:
+            raise InputError(f"key {short(keyid)} is not a targets key of root v{root.version}")
+        sign_checked(targets, signer, root.keys[keyid])
+    have, need = signature_count(current.root, "targets", targets)
+    if have < need:
+        raise VerificationError(f"targets needs {need} signatures; {have} given")
+
+
+def cmd_product_add(args: argparse.Namespace) -> int:
+    hw = check_hardware_id(args.hardware)
+    keys = load_keys(args.key)
+    out = check_output(args)
+    current = current_metadata(args, None)
+    now = utcnow()
+    expiry = expiry_with(args.expires, "targets")
+    targets = Metadata[Targets].from_bytes(current.targets.to_bytes())
+    targets = add_product_line(targets, hw, [k.key for k in keys], args.threshold, now, expiry)
+    confirm(
+        [
+            f"targets v{targets.signed.version}: delegate firmware/{hw}/*/* (terminating) to "
+            f"{args.threshold} of {len(keys)} key(s): {', '.join(short(k.keyid) for k in keys)}",
+            f"expires {format_time(targets.signed.expires)}",
+        ],
+        args.yes,
+    )
+    _sign_targets(current, targets, _targets_signers(args, passphrase_source()))
+    _finish(args, out, targets, {})
+    return 0
+
+
+def _key_ids(values: Sequence[str]) -> list[str]:
+    ids = []
+    for value in values:
+        path = Path(value)
+        ids.append(resolve_key_file(path).keyid if path.suffix in (".pub", ".key") else value)
+    return ids
+
+
+def cmd_product_change(args: argparse.Namespace) -> int:
+    hw = check_hardware_id(args.hardware)
+    revoke = args.product_command == "revoke"
+    if revoke and not args.remove_key:
+        raise InputError("name the key(s) to revoke with --remove-key KEY.pub or a key id")
+    add = [] if revoke else [k.key for k in load_keys(args.add_key or [])]
+    out = check_output(args)
+    current = current_metadata(args, hw)
+    now = utcnow()
+    expiry = expiry_with(args.expires, "targets")
+    targets = change_product_keys(
+        current.targets,
+        hw,
+        now,
+        expiry,
+        add=add,
+        remove=_key_ids(args.remove_key or []),
+        threshold=args.threshold,
+    )
+    name = product_role(hw)
+    delegation = targets.signed.delegations.roles[name]  # type: ignore[union-attr,index]
+    lines = [
+        f"targets v{targets.signed.version}: product line {hw} keys become "
+        f"{delegation.threshold} of {', '.join(short(k) for k in delegation.keyids)}",
+    ]
+    roles: dict[str, Metadata[Targets]] = {}
+    product_signers: list[Signer] = []
+    if current.role is not None and args.key:
+        role = resign_role(current.role, now, expiry_with(args.role_expires, "product"))
+        roles[name] = role
+        lines.append(f"{name} v{role.signed.version}: re-signed with the new keys")
+    confirm(lines, args.yes)
+    passphrase = passphrase_source()
+    _sign_targets(current, targets, _targets_signers(args, passphrase))
+    if roles:
+        product_signers = load_signers(args.key, passphrase)
+        for signer in product_signers:
+            keyid = signer.public_key.keyid
+            if keyid not in delegation.keyids:
+                raise InputError(f"key {short(keyid)} is not a key of product line {hw} any more")
+            sign_checked(roles[name], signer, targets.signed.delegations.keys[keyid])  # type: ignore[union-attr]
+        have, need = signature_count(targets, name, roles[name])
+        if have < need:
+            raise VerificationError(f"{name} needs {need} signatures; {have} given")
+    elif current.role is not None:
+        have, need = signature_count(targets, name, current.role)
+        if have < need:
+            print(
+                f"warning: {name} v{current.role.signed.version} keeps {have} valid signature(s) "
+                f"of {need}: devices refuse {hw} firmware until the product line re-signs it "
+                f"(tufota product rotate {hw} --key NEW.key ...)",
+                file=sys.stderr,
+            )
+    _finish(args, out, targets, roles)
+    return 0
+
+
+def cmd_product_list(args: argparse.Namespace) -> int:
+    current = current_metadata(args, None)
+    delegations = current.targets.signed.delegations
+    rows = []
+    for name, role in (delegations.roles or {}).items() if delegations else []:
+        keys = " ".join(short(k) for k in role.keyids)
+        threshold = f"{role.threshold} of {len(role.keyids)}"
+        rows.append([name, " ".join(role.paths or []), threshold, keys])
+    print(table(["role", "paths", "threshold", "keys"], rows))
+    return 0
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+# Renewed automatically by the running server; only a lapse is a problem.
+ONLINE_ROLES = ("timestamp", "snapshot", "rollouts")
+
+
+@dataclass(frozen=True)
+class ExpiryRow:
+    role: str
+    expires: str
+    days_left: float
+    online: bool
+    due: bool
+
+
+def expiry_rows(repo: Repository, within: timedelta) -> list[ExpiryRow]:
+    """Each published role's expiry; offline roles are due when they expire within ``within``."""
+    now = utcnow()
+    rows = []
+    for role, when in sorted(repo.publisher(passphrase_source()).expiries().items()):
+        left = when - now
+        online = role in ONLINE_ROLES
+        due = left <= timedelta(0) if online else left <= within
+        rows.append(ExpiryRow(role, format_time(when), left.total_seconds() / 86400, online, due))
+    return rows
+
+
+def cmd_expiry_check(args: argparse.Namespace) -> int:
+    within = timedelta(seconds=parse_duration(args.within))
+    rows = expiry_rows(open_repo(args.repo), within)
+    due = [r for r in rows if r.due]
+    if args.json:
+        print_json(
+            {
+                "within_days": within.total_seconds() / 86400,
+                "roles": [r.__dict__ for r in rows],
+                "due": [r.role for r in due],
+            }
+        )
+    else:
+        print(
+            table(
+                ["role", "expires", "days left", "renewed by", "status"],
+                [
+                    [
+                        r.role,
+                        r.expires,
+                        f"{r.days_left:.1f}",
+                        "server" if r.online else "offline keys",
+                        "DUE" if r.due else "ok",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+        if due:
+            print(
+                f"{len(due)} role(s) expire within {args.within}: {', '.join(r.role for r in due)}"
+            )
+    return 1 if due else 0
+
+
+# -- registration -----------------------------------------------------------------------
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this module's subcommands (none yet)."""
+    """Add the key, root, product and expiry command groups."""
+    key = sub.add_parser("key", help="create and import signing keys")
+    ksub = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    p = ksub.add_parser("generate", help="write NAME.key (encrypted) and NAME.pub")
+    p.add_argument("--out", required=True, help="path without suffix, e.g. keys/alice-root")
+    p.add_argument("--type", default="ed25519", choices=KEY_TYPES)
+    p.set_defaults(func=cmd_key_generate)
+    p = ksub.add_parser("import-kms", help="write NAME.pub for an AWS KMS key (awskms: URI)")
+    p.add_argument("key_id", metavar="KEY_ID", help="KMS key id, ARN or alias/NAME")
+    p.add_argument("--out", required=True, help="path without suffix")
+    p.add_argument("--scheme", default=None, help="securesystemslib scheme (default: from KMS)")
+    p.set_defaults(func=cmd_key_import_kms)
+    p = ksub.add_parser("show", help="print a key file's id, type and signer URI")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_key_show)
+
+    root = sub.add_parser("root", help="the multi-party root ceremony and root rotation")
+    rsub = root.add_subparsers(dest="root_command", required=True, metavar="COMMAND")
+    p = rsub.add_parser("init", help="write an unsigned root v1 proposal")
+    p.add_argument("--threshold", type=int, required=True, help="root signatures required")
+    p.add_argument("--key", action="append", required=True, help="root key NAME.pub (repeat)")
+    p.add_argument("--targets-key", action="append", help="targets key (default: the root keys)")
+    p.add_argument("--targets-threshold", type=int, default=1)
+    p.add_argument("--online-key", required=True, help="the server's snapshot/timestamp key")
+    p.add_argument("--expires", default=None, help="validity, e.g. 365d")
+    p.add_argument("--out", required=True, help="proposal file to write")
+    p.set_defaults(func=cmd_root_init)
+    p = rsub.add_parser("rotate", help="write an unsigned proposal for the next root version")
+    p.add_argument("--repo", default=None, help="take the current root from this repository")
+    p.add_argument("--current", default=None, help="or from this root.json")
+    p.add_argument("--threshold", type=int, default=None)
+    p.add_argument("--key", action="append", help="new root key set (repeat; default: unchanged)")
+    p.add_argument("--targets-key", action="append", help="new targets key set")
+    p.add_argument("--targets-threshold", type=int, default=None)
+    p.add_argument("--online-key", default=None)
+    p.add_argument("--expires", default=None, help="validity, e.g. 365d")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_root_rotate)
+    p = rsub.add_parser("sign", help="add your signature to a proposal, in place")
+    p.add_argument("proposal", metavar="PROPOSAL")
+    p.add_argument("--key", action="append", required=True, help="NAME.key or NAME.pub (URI)")
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(func=cmd_root_sign)
+    p = rsub.add_parser("merge", help="combine the signatures of copies of one proposal")
+    p.add_argument("copies", nargs="+", metavar="COPY")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_root_merge)
+    p = rsub.add_parser("status", help="roles, keys, thresholds, expiry and signatures")
+    p.add_argument("proposal", metavar="PROPOSAL")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true", help="exit 1 unless complete")
+    p.set_defaults(func=cmd_root_status)
+    p = rsub.add_parser("publish", help="publish a complete proposal (or bundle it for upload)")
+    p.add_argument("proposal", metavar="PROPOSAL")
+    p.add_argument("--repo", default=None)
+    p.add_argument("--out", default=None, help="write a bundle instead")
+    p.set_defaults(func=cmd_root_publish)
+
+    product = sub.add_parser("product", help="product lines: delegations to release keys")
+    psub = product.add_subparsers(dest="product_command", required=True, metavar="COMMAND")
+    p = psub.add_parser("add", help="delegate firmware/HW/* to a product line's keys")
+    p.add_argument("hardware", metavar="HW")
+    p.add_argument("--key", action="append", required=True, help="release key NAME.pub (repeat)")
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--targets-key", action="append", help="targets key that signs (repeat)")
+    p.add_argument("--expires", default=None, help="targets validity, e.g. 365d")
+    add_source_args(p)
+    p.set_defaults(func=cmd_product_add)
+    for action, text in (
+        ("rotate", "add and remove a product line's keys, re-sign its role"),
+        ("revoke", "remove a product line's key: its signatures stop counting"),
+    ):
+        p = psub.add_parser(action, help=text)
+        p.add_argument("hardware", metavar="HW")
+        if action == "rotate":
+            p.add_argument("--add-key", action="append", help="new release key NAME.pub")
+        p.add_argument("--remove-key", action="append", help="NAME.pub or key id to remove")
+        p.add_argument("--threshold", type=int, default=None)
+        p.add_argument(
+            "--key", action="append", help="remaining/new release key that re-signs the role"
+        )
+        p.add_argument("--targets-key", action="append", help="targets key that signs (repeat)")
+        p.add_argument("--expires", default=None, help="targets validity")
+        p.add_argument("--role-expires", default=None, help="re-signed role validity")
+        add_source_args(p)
+        p.set_defaults(func=cmd_product_change)
+    p = psub.add_parser("list", help="delegations of the top-level targets")
+    add_source_args(p, publish=False)
+    p.set_defaults(func=cmd_product_list)
+
+    expiry = sub.add_parser("expiry", help="metadata expiry")
+    esub = expiry.add_subparsers(dest="expiry_command", required=True, metavar="COMMAND")
+    p = esub.add_parser("check", help="list expiries; exit 1 when an offline role expires soon")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--within", default="14d", help="window, e.g. 14d (default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_expiry_check)
