@@ -31,24 +31,35 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import requests
 from securesystemslib.signer import Signer
+from tqdm import tqdm
+from tuf.api.metadata import TargetFile
 
+from device_agent._bundle import check_bundle_firmware, default_target, read_bundle
 from device_agent._config import AgentConfig
 from device_agent._decide import IDLE, check_firmware, decide
-from device_agent._errors import BOOT_ATTEMPTS_EXHAUSTED, INSTALL_FAILED, SERVER_UNREACHABLE
-from device_agent._fs import sha256_file
-from device_agent._http import HttpFetcher, ReportSender, make_session
+from device_agent._download import ByteSource, Downloader, FileSource, HttpSource
+from device_agent._errors import (
+    BOOT_ATTEMPTS_EXHAUSTED,
+    INSTALL_FAILED,
+    REPORTED_TRANSPORT_CODES,
+)
+from device_agent._http import FileFetcher, HttpFetcher, ReportSender, make_session
 from device_agent._identity import load_device_signer
 from device_agent._installer import Installer, make_installer, run_health_check
+from device_agent._pace import DataBudget
 from device_agent._state import AgentState, FlushResult, Outbox, StateStore
 from device_agent._tufclient import TufClient
 from tufota_core import (
+    ConflictError,
     InstallError,
     Report,
     RolloutDoc,
@@ -140,6 +151,7 @@ class Agent:
         self._state = AgentState()
         self._queued = 0
         self._unauthorized = False
+        self._offline = False
 
     def close(self) -> None:
         """Release the HTTP session."""
@@ -360,9 +372,9 @@ class Agent:
             doc = client.rollout_doc()
         except TransportError as e:
             logger.info("repository unreachable: %s", e)
-            return self._result(
-                ACTION_UNREACHABLE, error_code=SERVER_UNREACHABLE, message=str(e), backoff=True
-            )
+            if e.code in REPORTED_TRANSPORT_CODES:
+                self._refuse(None, e)
+            return self._result(ACTION_UNREACHABLE, error_code=e.code, message=str(e), backoff=True)
         except VerificationError as e:
             return self._refuse(None, e)
         if "" in self._state.reported:
@@ -397,8 +409,14 @@ class Agent:
         logger.info("update available: %s", decision.reason)
         return self._update(client, doc)
 
-    def _refuse(self, doc: RolloutDoc | None, error: TufotaError) -> CycleResult:
-        """Report ``error`` as ``failed`` once per rollout and code; heartbeat afterwards."""
+    def _refuse(
+        self, doc: RolloutDoc | None, error: TufotaError, *, keep_state: bool = False
+    ) -> CycleResult:
+        """Report ``error`` as ``failed`` once per rollout and code; heartbeat afterwards.
+
+        With ``keep_state`` (a download that will resume) the report is sent but
+        the persisted state stays ``downloading``.
+        """
         rollout = doc.rollout_id if doc else None
         fields: dict[str, Any] = {"error_code": error.code, "message": str(error)}
         if doc is not None:
@@ -419,12 +437,12 @@ class Agent:
                     "target_path": doc.target_path,
                 }
             self._transition(
-                "failed",
+                None if keep_state else "failed",
                 report="failed",
                 error_code=error.code,
                 message=str(error),
                 about=_about(doc),
-                **changes,
+                **({} if keep_state else changes),
             )
         return self._result(ACTION_REFUSED, **fields)
 
@@ -434,50 +452,183 @@ class Agent:
             info = client.firmware_target(doc.target_path)
             check_firmware(doc, info.custom, info.length, limits.max_firmware_bytes)
         except TransportError as e:
+            if e.code in REPORTED_TRANSPORT_CODES:
+                self._refuse(doc, e)
             return self._result(ACTION_UNREACHABLE, error_code=e.code, message=str(e), backoff=True)
         except VerificationError as e:
             return self._refuse(doc, e)
+        return self._download_and_install(
+            client,
+            info,
+            doc.version,
+            rollout_id=doc.rollout_id,
+            doc=doc,
+            source=HttpSource(self._session, limits),
+        )
+
+    def _downloader(self, source: ByteSource, total: int) -> tuple[Downloader, Callable[[], None]]:
+        """A downloader whose progress goes to a terminal bar and/or to progress reports."""
+        config = self.config
+        budget = None
+        if config.data_budget:
+            budget = DataBudget(
+                config.state_dir / "budget.json",
+                config.data_budget,
+                config.budget_period,
+                config.limits.budget_save_bytes,
+            )
+        bar: Any = None
+        if config.progress == "auto" and sys.stderr.isatty():
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="firmware")
+        step = config.progress_step
+        next_report = [0]
+
+        def progress(done: int, size: int) -> None:
+            if bar is not None:
+                bar.update(done - bar.n)
+            if step and size and done < size and done * 100 >= next_report[0] * size:
+                percent = done * 100 // size
+                if next_report[0]:  # the "downloading" report already said 0 %
+                    self._progress_report(done, size, f"{percent}% downloaded")
+                next_report[0] = (percent // step + 1) * step
+
+        def close() -> None:
+            if bar is not None:
+                bar.close()
+
+        downloader = Downloader(
+            source, config.limits, rate_limit=config.rate_limit, budget=budget, progress=progress
+        )
+        return downloader, close
+
+    def _progress_report(self, done: int, total: int, message: str) -> None:
+        """Queue a progress report (replacing an undelivered one) and try to deliver it."""
+        self._outbox.drop_trailing_progress()
+        self._transition(report="downloading", bytes_done=done, bytes_total=total, message=message)
+        if not self._offline:
+            self._flush()
+
+    def _download_and_install(
+        self,
+        client: TufClient,
+        info: TargetFile,
+        version: str,
+        *,
+        rollout_id: str | None,
+        doc: RolloutDoc | None,
+        source: ByteSource,
+    ) -> CycleResult:
+        limits = self.config.limits
+        sha256 = info.hashes.get("sha256") or next(iter(info.hashes.values()))
+        dest = self.installer.download_path(sha256, client.download_dir)
+        partial = dest.with_name(dest.name + ".part")
+        resumed = partial.stat().st_size if partial.exists() else 0
         self._transition(
             "downloading",
             report="downloading",
+            bytes_done=resumed,
             bytes_total=info.length,
-            rollout_id=doc.rollout_id,
-            target_version=doc.version,
-            target_path=doc.target_path,
+            message=f"resuming at byte {resumed}" if resumed else "",
+            rollout_id=rollout_id,
+            target_version=version,
+            target_path=info.path,
             target_sha256=None,
             pending_error=None,
         )
+        downloader, close = self._downloader(source, info.length)
         try:
-            image = client.download(info)
+            result = client.download(info, dest, downloader)
         except TransportError as e:
-            logger.info("download interrupted: %s", e)
-            self._transition("idle")
+            logger.info("download interrupted (%s): %s", e.code, e)
+            if e.code in REPORTED_TRANSPORT_CODES:
+                self._refuse(doc, e, keep_state=True)
             return self._result(ACTION_UNREACHABLE, error_code=e.code, message=str(e), backoff=True)
         except VerificationError as e:
             client.clean_downloads()
             return self._refuse(doc, e)
-        sha256 = sha256_file(image)
+        finally:
+            close()
+        logger.info(
+            "downloaded %s: %d bytes fetched%s",
+            info.path,
+            result.fetched,
+            f", resumed at {result.resumed_from}" if result.resumed_from else "",
+        )
         self._transition(
             "downloaded",
             report="downloaded",
             bytes_done=info.length,
             bytes_total=info.length,
-            target_sha256=sha256,
+            target_sha256=result.sha256,
         )
         self._transition("installing", report="installing")
         try:
-            self.installer.install(image, doc.version, sha256)
+            self.installer.install(result.path, version, result.sha256)
         except InstallError as e:
-            logger.error("install of %s failed: %s", doc.version, e)
-            self._state = self._state.abandon(
-                doc.rollout_id, doc.version, limits.max_remembered_rollouts
-            )
+            logger.error("install of %s failed: %s", version, e)
+            if rollout_id is not None:
+                self._state = self._state.abandon(
+                    rollout_id, version, limits.max_remembered_rollouts
+                )
             self._transition("failed", report="failed", error_code=e.code, message=str(e))
             return self._result(ACTION_FAILED, error_code=e.code, message=str(e))
         self._transition("rebooting", report="rebooting")
         client.clean_downloads()
-        logger.info("installed %s; it boots on the next start", doc.version)
-        return self._result(ACTION_REBOOTING, message=f"{doc.version} installed; reboot pending")
+        logger.info("installed %s; it boots on the next start", version)
+        return self._result(ACTION_REBOOTING, message=f"{version} installed; reboot pending")
+
+    # -- offline bundles -------------------------------------------------------------
+
+    def install_bundle(self, directory: Path) -> CycleResult:
+        """Install the firmware in an offline bundle, verified against the trusted root.
+
+        The bundle's metadata goes through the same ngclient checks and the
+        same metadata cache as online updates (so a bundle older than what the
+        device already trusts is a rollback), and the firmware through the same
+        hardware and version rules (never a version <= the installed one).
+        Reports are queued, not sent; the next online cycle delivers them.
+
+        Raises:
+            InputError: the directory is not a bundle; a local file is missing.
+            RepositoryError: the local state or boot-control file is corrupt.
+        """
+        self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._offline = True
+        self._queued = 0
+        self._load_state()
+        if self._state.state in ("installing", "rebooting", "verifying"):
+            raise ConflictError(
+                f"an update to {self._state.target_version} is in progress ({self._state.state}); "
+                "run the agent to finish it first"
+            )
+        bundle = read_bundle(directory)
+        fetcher = FileFetcher(self.config.limits.chunk_size)
+        try:
+            client = TufClient(self.config, fetcher, base_url=bundle.base_url)
+            client.refresh()
+            target_path = bundle.target_path or default_target(
+                client.rollout_doc(), self.config.hardware_id
+            )
+            info = client.firmware_target(target_path)
+            firmware = check_bundle_firmware(
+                target_path,
+                info.custom,
+                info.length,
+                hardware_id=self.config.hardware_id,
+                installed_version=self.installer.installed_version(),
+                max_bytes=self.config.limits.max_firmware_bytes,
+            )
+        except (TransportError, VerificationError) as e:
+            return self._refuse(None, e)
+        logger.info("installing %s from bundle %s", firmware.version, directory)
+        return self._download_and_install(
+            client,
+            info,
+            firmware.version,
+            rollout_id=None,
+            doc=None,
+            source=FileSource(self.config.limits.download_chunk_size),
+        )
 
 
 def run_agent_loop(
@@ -515,7 +666,8 @@ def run_agent_loop(
                 continue
             factor = min(factor * 2, config.limits.max_backoff_factor) if result.backoff else 1
             jitter = config.poll_jitter
-            delay = config.poll_interval * factor * rng.uniform(1 - jitter, 1 + jitter)
+            base = min(config.poll_interval * factor, max(config.backoff_cap, config.poll_interval))
+            delay = base * rng.uniform(1 - jitter, 1 + jitter)
             logger.debug("next cycle in %.0f s", delay)
             if stop.wait(delay):
                 return result

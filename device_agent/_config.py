@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,48 @@ from urllib.parse import urlparse
 from tufota_core import InputError, NotFoundError, check_device_id, check_hardware_id, check_tag
 
 INSTALLER_KINDS = ("ab-simulator", "command")
+PROGRESS_MODES = ("auto", "never")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
+}
+
+
+def parse_size(value: int | float | str, what: str) -> int:
+    """A byte count from a number or a string such as ``"2 MiB"`` or ``"500kB"``.
+
+    Raises:
+        InputError: not a non-negative size.
+    """
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a byte count such as 1048576 or '1 MiB'")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        match = _SIZE.match(value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise InputError(f"{what} {value!r} is not a byte count such as 1048576 or '1 MiB'")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    if not math.isfinite(number) or number < 0:
+        raise InputError(f"{what} must not be negative")
+    return int(number * _UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -32,7 +75,14 @@ class AgentLimits:
     Attributes:
         connect_timeout: Seconds to wait for a TCP/TLS connection.
         read_timeout: Seconds to wait between bytes received.
-        chunk_size: Bytes read per network chunk.
+        chunk_size: Bytes read per network chunk of metadata.
+        download_chunk_size: Largest chunk read from a firmware stream.
+        download_queue_depth: Chunks in flight between the receiving and the
+            hashing thread; with ``download_chunk_size`` this bounds memory.
+        min_bytes_per_second: A transfer slower than this over ``slow_window``
+            seconds is abandoned as a slow-retrieval attack (it resumes later).
+        slow_window: Seconds over which ``min_bytes_per_second`` is measured.
+        budget_save_bytes: The data budget file is saved at least this often.
         max_firmware_bytes: Largest firmware target the agent will download.
         max_rollout_doc_bytes: Largest rollout document the agent will download.
         max_queued_reports: Outbox size; beyond it the oldest reports are dropped.
@@ -46,6 +96,11 @@ class AgentLimits:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     chunk_size: int = 64 * 1024
+    download_chunk_size: int = 1024 * 1024
+    download_queue_depth: int = 8
+    min_bytes_per_second: float = 64.0
+    slow_window: float = 60.0
+    budget_save_bytes: int = 4 * 1024 * 1024
     max_firmware_bytes: int = 2 * 1024**3
     max_rollout_doc_bytes: int = 64 * 1024
     max_queued_reports: int = 500
@@ -80,6 +135,14 @@ class AgentConfig:
     health_command: str = ""
     health_deadline: float = 60.0
     max_boot_attempts: int = 3
+    metadata_dir: Path | None = None
+    download_dir: Path | None = None
+    max_backoff: float = 0.0
+    rate_limit: int = 0
+    data_budget: int = 0
+    budget_period: float = 30 * 86400.0
+    progress: str = "auto"
+    progress_step: int = 25
     limits: AgentLimits = field(default_factory=AgentLimits)
 
     def __post_init__(self) -> None:
@@ -104,6 +167,36 @@ class AgentConfig:
             raise InputError("health.deadline must be a positive number of seconds")
         if not 1 <= self.max_boot_attempts <= 100:
             raise InputError("health.max_boot_attempts must be between 1 and 100")
+        if not 0 <= self.max_backoff < math.inf:
+            raise InputError("poll.max_backoff must be 0 (automatic) or a number of seconds")
+        if self.rate_limit < 0 or self.data_budget < 0:
+            raise InputError("download.rate_limit and download.data_budget must not be negative")
+        if 0 < self.rate_limit < self.limits.min_bytes_per_second:
+            raise InputError(
+                f"download.rate_limit must be at least {self.limits.min_bytes_per_second:g} "
+                "bytes/s (slower transfers are abandoned as stalled)"
+            )
+        if not self.budget_period > 0 or not math.isfinite(self.budget_period):
+            raise InputError("download.budget_period must be a positive number of seconds")
+        if self.progress not in PROGRESS_MODES:
+            raise InputError(f"download.progress must be one of {', '.join(PROGRESS_MODES)}")
+        if not 0 <= self.progress_step <= 100:
+            raise InputError("download.progress_step must be a percentage (0: no progress reports)")
+
+    @property
+    def metadata_path(self) -> Path:
+        """Where verified TUF metadata is cached (``paths.metadata_dir``)."""
+        return self.metadata_dir or self.state_dir / "metadata"
+
+    @property
+    def download_path(self) -> Path:
+        """Where images are staged when the installer does not take them in place."""
+        return self.download_dir or self.state_dir / "downloads"
+
+    @property
+    def backoff_cap(self) -> float:
+        """Longest wait between cycles while backing off, in seconds."""
+        return self.max_backoff or self.poll_interval * self.limits.max_backoff_factor
 
     @property
     def base_url(self) -> str:
@@ -130,6 +223,8 @@ class AgentConfig:
         base = path.resolve().parent
         reader = _Reader(path, doc)
         ca = reader.string("server", "ca_bundle", "")
+        metadata_dir = reader.string("paths", "metadata_dir", "")
+        download_dir = reader.string("paths", "download_dir", "")
         try:
             return cls(
                 device_id=reader.string("device", "id"),
@@ -149,6 +244,14 @@ class AgentConfig:
                 health_command=reader.string("health", "command", ""),
                 health_deadline=reader.number("health", "deadline", 60),
                 max_boot_attempts=reader.integer("health", "max_boot_attempts", 3),
+                metadata_dir=(base / metadata_dir) if metadata_dir else None,
+                download_dir=(base / download_dir) if download_dir else None,
+                max_backoff=reader.number("poll", "max_backoff", 0),
+                rate_limit=reader.size("download", "rate_limit", 0),
+                data_budget=reader.size("download", "data_budget", 0),
+                budget_period=reader.number("download", "budget_period", 30 * 86400),
+                progress=reader.string("download", "progress", "auto"),
+                progress_step=reader.integer("download", "progress_step", 25),
             )
         except InputError as e:
             raise InputError(f"agent config {path}: {e}") from e
@@ -203,6 +306,12 @@ class _Reader:
             raise self._bad(section, name, "a number")
         return float(value)
 
+    def size(self, section: str, name: str, default: int) -> int:
+        value = self._get(section, name, default)
+        if not isinstance(value, int | float | str):
+            raise self._bad(section, name, "a byte count such as 1048576 or '1 MiB'")
+        return parse_size(value, f"[{section}] {name}")
+
     def integer(self, section: str, name: str, default: int) -> int:
         value = self._get(section, name, default)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -256,6 +365,14 @@ def render_agent_config(
     health_command: str = "",
     health_deadline: float = 60,
     max_boot_attempts: int = 3,
+    metadata_dir: str = "",
+    download_dir: str = "",
+    max_backoff: float = 0,
+    rate_limit: int = 0,
+    data_budget: int = 0,
+    budget_period: float = 30 * 86400,
+    progress: str = "auto",
+    progress_step: int = 25,
 ) -> str:
     """Render an ``agent.toml`` that :meth:`AgentConfig.load` accepts.
 
@@ -284,6 +401,12 @@ def render_agent_config(
         health_command=health_command,
         health_deadline=float(health_deadline),
         max_boot_attempts=max_boot_attempts,
+        max_backoff=float(max_backoff),
+        rate_limit=int(rate_limit),
+        data_budget=int(data_budget),
+        budget_period=float(budget_period),
+        progress=progress,
+        progress_step=int(progress_step),
     )
     for name, value in (
         ("key", key),
@@ -312,10 +435,20 @@ def render_agent_config(
         "[paths]",
         f"state_dir = {s(state_dir)}",
         f"slots_dir = {s(slots_dir)}",
+        f"metadata_dir = {s(metadata_dir)}  # empty: state_dir/metadata",
+        f"download_dir = {s(download_dir)}  # empty: state_dir/downloads",
         "",
         "[poll]",
         f"interval = {_toml_number(poll_interval)}",
         f"jitter = {_toml_number(poll_jitter)}",
+        f"max_backoff = {_toml_number(max_backoff)}  # seconds; 0: 8 x interval",
+        "",
+        "[download]",
+        f"rate_limit = {int(rate_limit)}  # bytes/s; 0: no cap",
+        f"data_budget = {int(data_budget)}  # bytes per budget_period; 0: no budget",
+        f"budget_period = {_toml_number(budget_period)}  # seconds",
+        f"progress = {s(progress)}  # auto: a progress bar on a terminal",
+        f"progress_step = {int(progress_step)}  # percent between progress reports; 0: none",
         "",
         "[installer]",
         f"kind = {s(installer_kind)}",

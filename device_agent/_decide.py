@@ -12,7 +12,9 @@ Rules, in order (``decide``):
     metadata aside)                                          -> idle (already done).
  5. The rollout's version older than the installed one       -> ``downgrade_refused``.
  6. A version that already rolled back in this rollout       -> idle (never retried).
- 7. Otherwise                                                 -> install.
+ 7. Outside the document's maintenance window (UTC)          -> idle (waits for it);
+    a window that does not parse                              -> ``rollout_doc_invalid``.
+ 8. Otherwise                                                 -> install.
 
 Then ``check_firmware`` checks the signed target itself: its ``custom`` field
 parses, names the same hardware and version as the document
@@ -24,16 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from device_agent._errors import (
     DOWNGRADE_REFUSED,
     FIRMWARE_INFO_INVALID,
     FIRMWARE_TOO_LARGE,
+    ROLLOUT_DOC_INVALID,
     VERSION_MISMATCH,
     WRONG_HARDWARE,
     coded,
 )
+from device_agent._window import MaintenanceWindow
 from tufota_core import (
     FirmwareInfo,
     InputError,
@@ -64,11 +69,13 @@ def decide(
     tags: Iterable[str],
     installed_version: str | None,
     abandoned_version: str | None,
+    now: datetime | None = None,
 ) -> Decision:
-    """Apply the rules in the module docstring.
+    """Apply the rules in the module docstring (``now`` defaults to the current time).
 
     Raises:
-        VerificationError: code ``wrong_hardware`` or ``downgrade_refused``.
+        VerificationError: code ``wrong_hardware``, ``downgrade_refused`` or
+            ``rollout_doc_invalid`` (malformed maintenance window).
     """
     if doc.hardware_id != hardware_id:
         raise coded(
@@ -98,6 +105,15 @@ def decide(
         return Decision(
             IDLE, f"{doc.version} failed on this device in rollout {doc.rollout_id}", wave
         )
+    if doc.maintenance_window:
+        try:
+            window = MaintenanceWindow.parse(doc.maintenance_window)
+        except InputError as e:
+            raise coded(VerificationError(str(e)), ROLLOUT_DOC_INVALID) from e
+        if not window.contains(now or datetime.now(UTC)):
+            return Decision(
+                IDLE, f"waiting for the maintenance window {doc.maintenance_window}", wave
+            )
     return Decision(INSTALL, f"wave {wave} of rollout {doc.rollout_id} offers {doc.version}", wave)
 
 

@@ -24,8 +24,17 @@ VERSION_MISMATCH = "version_mismatch"
 DOWNGRADE_REFUSED = "downgrade_refused"
 FIRMWARE_TOO_LARGE = "firmware_too_large"
 TARGET_HASH_MISMATCH = "target_hash_mismatch"
+TARGET_LENGTH_MISMATCH = "target_length_mismatch"
 DOWNLOAD_FAILED = "download_failed"
 SERVER_UNREACHABLE = "server_unreachable"
+SLOW_RETRIEVAL = "slow_retrieval"
+DATA_BUDGET_EXHAUSTED = "data_budget_exhausted"
+METADATA_EXPIRED = "metadata_expired"
+METADATA_ROLLBACK = "metadata_rollback"
+METADATA_VERSION_MISMATCH = "metadata_version_mismatch"
+METADATA_TOO_LARGE = "metadata_too_large"
+BAD_SIGNATURE = "bad_signature"
+BUNDLE_INVALID = "bundle_invalid"
 INSTALL_FAILED = "install_failed"
 HEALTH_CHECK_FAILED = "health_check_failed"
 BOOT_ATTEMPTS_EXHAUSTED = "boot_attempts_exhausted"
@@ -37,3 +46,9 @@ def coded(error: E, code: str) -> E:
     """Return ``error`` with its report ``code`` set to ``code``."""
     error.code = code
     return error
+
+
+# Transport failures of a firmware download that are reported (once per
+# rollout) although the download resumes later: they point at an attack or at
+# a device setting, not at a passing network outage.
+REPORTED_TRANSPORT_CODES = frozenset({SLOW_RETRIEVAL, DATA_BUDGET_EXHAUSTED, DOWNLOAD_FAILED})

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from device_agent import _faults
 from tufota_core import RepositoryError
 
 _CHUNK = 1024 * 1024
@@ -41,12 +42,14 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], object], mode: int) -
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp_name, mode)
+        _faults.point("fs.before_replace")
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+    _faults.point("fs.after_replace")
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

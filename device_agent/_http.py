@@ -6,9 +6,12 @@ Invariants:
 * TLS verification is always on for https: the configured CA bundle, or the
   system's default bundle.
 * The fetcher raises only tuf's ``DownloadError`` family: HTTP status >= 400
-  becomes ``DownloadHTTPError`` with that status, a timeout becomes
+  becomes ``DownloadHTTPError`` with that status, a timeout or a body
+  trickling in slower than ``min_bytes_per_second`` becomes
   ``SlowRetrievalError``, any other network failure ``DownloadError``. Length
   caps and verification are ngclient's job, one layer up.
+* ``FileFetcher`` serves ``file://`` URLs (offline bundles) under the same
+  contract: a missing file is a 404 ``DownloadHTTPError``.
 """
 
 from __future__ import annotations
@@ -16,22 +19,40 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from enum import Enum
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlparse
 
 import requests
 from tuf.api import exceptions as tuf_exceptions
 from tuf.ngclient.fetcher import FetcherInterface
 
 from device_agent._config import AgentConfig, AgentLimits
+from device_agent._pace import StallGuard
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "tufota-agent/0.1"
 
 
+class _PinnedCASession(requests.Session):
+    """A session whose own ``verify`` beats ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
+
+    requests lets those variables override ``Session.verify`` (psf/requests#3829),
+    which would silently replace a configured ``[server] ca_bundle``.
+    """
+
+    def merge_environment_settings(  # type: ignore[override]
+        self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None:
+            settings["verify"] = self.verify
+        return settings
+
+
 def make_session(config: AgentConfig) -> requests.Session:
     """A session that verifies TLS against the configured CA bundle (or the system one)."""
-    session = requests.Session()
+    session = _PinnedCASession() if config.ca_bundle else requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     session.verify = str(config.ca_bundle) if config.ca_bundle else True
     # Proxies and .netrc from the environment stay allowed (requests default).
@@ -68,14 +89,55 @@ class HttpFetcher(FetcherInterface):
         return self._chunks(url, response)
 
     def _chunks(self, url: str, response: requests.Response) -> Iterator[bytes]:
+        guard = StallGuard(self._limits.min_bytes_per_second, self._limits.slow_window)
         try:
-            yield from response.iter_content(self._limits.chunk_size)
+            # read1: whatever has arrived, so a trickle is measured as it comes.
+            while chunk := response.raw.read1(self._limits.chunk_size):
+                if (slow := guard.account(len(chunk))) is not None:
+                    raise tuf_exceptions.SlowRetrievalError(f"{url} is too slow: {slow}")
+                yield chunk
+        except tuf_exceptions.DownloadError:
+            raise
         except requests.Timeout as e:
             raise tuf_exceptions.SlowRetrievalError(f"timed out reading {url}") from e
-        except requests.RequestException as e:
+        except Exception as e:  # urllib3 and socket errors, whatever their class
             raise tuf_exceptions.DownloadError(f"connection lost reading {url}: {e}") from e
         finally:
             response.close()
+
+
+class FileFetcher(FetcherInterface):
+    """``tuf.ngclient`` fetcher for ``file://`` URLs (an offline bundle directory)."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._chunk = chunk_size
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        """Open the file a ``file://`` URL names and iterate over its bytes.
+
+        Raises:
+            tuf.api.exceptions.DownloadHTTPError: the file does not exist (status 404).
+            tuf.api.exceptions.DownloadError: it cannot be read.
+        """
+        parsed = urlparse(url)
+        if parsed.scheme != "file":
+            raise tuf_exceptions.DownloadError(f"{url} is not a file:// URL")
+        path = unquote(parsed.path)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError:
+            raise tuf_exceptions.DownloadHTTPError(f"{path} does not exist", 404) from None
+        except OSError as e:
+            raise tuf_exceptions.DownloadError(f"cannot open {path}: {e}") from e
+        return self._chunks(f)
+
+    def _chunks(self, f: BinaryIO) -> Iterator[bytes]:
+        with f:
+            try:
+                while chunk := f.read(self._chunk):
+                    yield chunk
+            except OSError as e:
+                raise tuf_exceptions.DownloadError(f"cannot read {f.name}: {e}") from e
 
 
 class Delivery(Enum):

@@ -22,6 +22,10 @@ Invariants (A/B simulator):
   persisted *before* each try, so a crash or hang during a trial boot still
   counts, and the next boot after the limit falls back to the active slot.
 * ``install`` of the version and hash that are already pending is a no-op.
+* Downloads go straight into the inactive slot (``download_path``): boot
+  control forgets that slot *before* the first byte is written, the verified
+  image is renamed to ``<slot>/image.bin`` by the downloader, and ``install``
+  then only points boot control at it. No second copy of the image is made.
 """
 
 from __future__ import annotations
@@ -83,6 +87,15 @@ class Installer(ABC):
     @abstractmethod
     def pending_version(self) -> str | None:
         """The installed but not yet committed version, or None."""
+
+    def download_path(self, sha256: str, staging_dir: Path) -> Path:
+        """Where the verified image with ``sha256`` should be downloaded to.
+
+        The default is a staging file under ``staging_dir``; an installer that
+        can take the image in place (the A/B simulator: the inactive slot)
+        returns that path and makes sure nothing boots it until ``install``.
+        """
+        return staging_dir / f"{sha256}.bin"
 
     @abstractmethod
     def install(self, image: Path, version: str, sha256: str) -> None:
@@ -207,11 +220,23 @@ class ABSimulator(Installer):
         version: str | None = control["slots"][control["pending"]]["version"]
         return version
 
+    def download_path(self, sha256: str, staging_dir: Path) -> Path:
+        control = self._load()
+        if control["pending"] is not None:
+            return super().download_path(sha256, staging_dir)
+        target = "b" if control["active"] == "a" else "a"
+        if control["slots"].get(target) != _empty_slot():
+            # Forget the inactive slot before its image file is replaced.
+            control["slots"][target] = _empty_slot()
+            self._save(control)
+        return self._dir / target / IMAGE_NAME
+
     def install(self, image: Path, version: str, sha256: str) -> None:
         control = self._load()
         active = control["active"]
         target = "b" if active == "a" else "a"
         meta = control["slots"].get(target, {})
+        image_path = self._dir / target / IMAGE_NAME
         if (
             control["pending"] == target
             and meta.get("version") == version
@@ -219,13 +244,25 @@ class ABSimulator(Installer):
         ):
             logger.info("slot %s already holds pending %s; not installing again", target, version)
             return
+        if image.resolve() == image_path.resolve():
+            # Downloaded in place and verified by the downloader: point boot control at it.
+            if control["slots"].get(target) != _empty_slot() or control["pending"] is not None:
+                raise coded(
+                    InstallError(f"slot {target} was not prepared for an in-place image"),
+                    INSTALL_FAILED,
+                )
+            control["slots"][target] = {"version": version, "sha256": sha256, "good": False}
+            control["pending"] = target
+            control["boot_count"] = 0
+            self._save(control)
+            logger.info("installed %s into slot %s (pending try-boot)", version, target)
+            return
         # 1. Forget the slot's old content before overwriting it.
         control["pending"] = None
         control["boot_count"] = 0
         control["slots"][target] = _empty_slot()
         self._save(control)
         # 2. Write and check the image.
-        image_path = self._dir / target / IMAGE_NAME
         try:
             written = atomic_copy(image, image_path)
         except OSError as e:

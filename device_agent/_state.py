@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,15 +191,27 @@ class Outbox:
             return None
         return data if isinstance(data, dict) else None
 
-    def drop_trailing_heartbeat(self) -> None:
-        """Remove the newest queued report if it is an idle heartbeat (a newer one replaces it)."""
+    def _drop_trailing(self, superseded: Callable[[dict[str, Any]], bool]) -> None:
         seqs = self.seqs()
         if not seqs:
             return
         envelope = self.read(seqs[-1])
         report = envelope.get("report") if envelope else None
-        if isinstance(report, dict) and report.get("state") == "idle":
+        if isinstance(report, dict) and superseded(report):
             self._remove(seqs[-1])
+
+    def drop_trailing_heartbeat(self) -> None:
+        """Remove the newest queued report if it is an idle heartbeat (a newer one replaces it)."""
+        self._drop_trailing(lambda r: r.get("state") == "idle")
+
+    def drop_trailing_progress(self) -> None:
+        """Remove the newest queued report if it is a download progress report."""
+        self._drop_trailing(
+            lambda r: (
+                r.get("state") == "downloading"
+                and str(r.get("message", "")).endswith("% downloaded")
+            )
+        )
 
     def _remove(self, seq: int) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -10,20 +10,27 @@ Invariants:
 * The trust anchor is the provisioned ``root.json`` (passed as ``bootstrap``);
   newer roots come only through ngclient's verified rotation chain, cached
   under ``state_dir/metadata/root_history``.
-* A file appears under ``downloads/<sha256>.bin`` only after ngclient verified
-  its length and hashes against signed metadata; it is fsynced and renamed
-  into place, so a crash leaves no partially written file under that name.
-* Failures map to: network/HTTP -> ``TransportError`` (``server_unreachable``);
-  bad metadata -> ``VerificationError`` (``metadata_verification_failed``);
-  bad target bytes -> ``VerificationError`` (``target_hash_mismatch``).
+* Firmware bytes are fetched by ``_download.Downloader`` (one pass, resumable)
+  against the ``TargetFile`` ngclient verified; the file appears at its final
+  name only after its length and every hash matched.
+* Failures map to specific report codes: network/HTTP -> ``TransportError``
+  (``server_unreachable``, ``slow_retrieval``); bad metadata ->
+  ``VerificationError`` with ``metadata_expired`` (freeze),
+  ``metadata_rollback`` (a version lower than one already trusted),
+  ``metadata_version_mismatch`` (mix-and-match: a file that is not the version
+  the snapshot or timestamp names), ``bad_signature`` (threshold not met, e.g.
+  an unknown key), ``metadata_too_large`` (endless data), else
+  ``metadata_verification_failed``; bad target bytes -> ``target_hash_mismatch``
+  / ``target_length_mismatch``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 from tuf.api import exceptions as tuf_exceptions
 
@@ -34,16 +41,23 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
 from device_agent._config import AgentConfig
+from device_agent._download import Downloader, DownloadResult, Expected
 from device_agent._errors import (
+    BAD_SIGNATURE,
+    METADATA_EXPIRED,
+    METADATA_ROLLBACK,
+    METADATA_TOO_LARGE,
     METADATA_VERIFICATION_FAILED,
+    METADATA_VERSION_MISMATCH,
     ROLLOUT_DOC_INVALID,
     SERVER_UNREACHABLE,
+    SLOW_RETRIEVAL,
     TARGET_HASH_MISMATCH,
+    TARGET_LENGTH_MISMATCH,
     TARGET_NOT_FOUND,
     WRONG_HARDWARE,
     coded,
 )
-from device_agent._fs import fsync_dir
 from tufota_core import (
     InputError,
     NotFoundError,
@@ -57,35 +71,68 @@ from tufota_core import (
 logger = logging.getLogger(__name__)
 
 
+_ROLE_MISMATCH = re.compile(r"^Expected \S+ v\d+, got v\d+")
 _TUF_ERRORS = (tuf_exceptions.RepositoryError, tuf_exceptions.DownloadError, OSError)
 
 
-def _wrap(error: Exception, what: str) -> Exception:
+def _metadata_code(error: tuf_exceptions.RepositoryError) -> str:
+    if isinstance(error, tuf_exceptions.ExpiredMetadataError):
+        return METADATA_EXPIRED
+    if isinstance(error, tuf_exceptions.BadVersionNumberError):
+        # ngclient has one class for both; its messages tell them apart. A file
+        # that is not the version its parent names (mix-and-match) reads
+        # "Expected snapshot version N, got M" or "Expected <role> vN, got vM.";
+        # every other case is a version lower than one already trusted.
+        text = str(error)
+        if text.startswith("Expected snapshot version") or _ROLE_MISMATCH.match(text):
+            return METADATA_VERSION_MISMATCH
+        return METADATA_ROLLBACK
+    if isinstance(error, tuf_exceptions.UnsignedMetadataError):
+        return BAD_SIGNATURE
+    if isinstance(error, tuf_exceptions.LengthOrHashMismatchError):
+        return METADATA_VERSION_MISMATCH
+    return METADATA_VERIFICATION_FAILED
+
+
+def _wrap(error: Exception, what: str, *, target: bool = False) -> Exception:
     """Translate an ngclient exception raised while doing ``what``."""
     if isinstance(error, tuf_exceptions.DownloadLengthMismatchError):
-        return coded(VerificationError(f"{what}: {error}"), TARGET_HASH_MISMATCH)
+        code = TARGET_LENGTH_MISMATCH if target else METADATA_TOO_LARGE
+        return coded(VerificationError(f"{what}: {error}"), code)
+    if isinstance(error, tuf_exceptions.SlowRetrievalError):
+        return coded(TransportError(f"{what}: {error}"), SLOW_RETRIEVAL)
     if isinstance(error, tuf_exceptions.DownloadError):
         return coded(TransportError(f"{what}: {error}"), SERVER_UNREACHABLE)
-    if isinstance(error, tuf_exceptions.LengthOrHashMismatchError):
+    if isinstance(error, tuf_exceptions.LengthOrHashMismatchError) and target:
         return coded(VerificationError(f"{what}: {error}"), TARGET_HASH_MISMATCH)
     if isinstance(error, tuf_exceptions.RepositoryError):
-        return coded(VerificationError(f"{what}: {error}"), METADATA_VERIFICATION_FAILED)
+        return coded(VerificationError(f"{what}: {error}"), _metadata_code(error))
     return RepositoryError(f"{what}: cannot use local storage: {error}")
 
 
 class TufClient:
     """One refresh's worth of verified repository state (ngclient refreshes once per Updater)."""
 
-    def __init__(self, config: AgentConfig, fetcher: FetcherInterface) -> None:
+    def __init__(
+        self, config: AgentConfig, fetcher: FetcherInterface, *, base_url: str | None = None
+    ) -> None:
         """Load the trust anchor and prepare the metadata cache.
+
+        Args:
+            config: The agent configuration.
+            fetcher: How metadata is fetched.
+            base_url: Where ``metadata/`` and ``targets/`` are (default: the
+                server URL; an offline bundle passes its ``file://`` URL).
 
         Raises:
             NotFoundError: the provisioned trusted root file does not exist.
             VerificationError: it is not valid root metadata.
         """
         self._config = config
-        self.metadata_dir = config.state_dir / "metadata"
-        self.download_dir = config.state_dir / "downloads"
+        base = (base_url or config.base_url).rstrip("/")
+        self.metadata_dir = config.metadata_path
+        self.download_dir = config.download_path
+        self.targets_url = f"{base}/targets/"
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         self.download_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -97,9 +144,9 @@ class TufClient:
         try:
             self._updater = Updater(
                 metadata_dir=str(self.metadata_dir),
-                metadata_base_url=f"{config.base_url}/metadata/",
+                metadata_base_url=f"{base}/metadata/",
                 target_dir=str(self.download_dir),
-                target_base_url=f"{config.base_url}/targets/",
+                target_base_url=self.targets_url,
                 fetcher=fetcher,
                 config=UpdaterConfig(prefix_targets_with_hash=True),
                 bootstrap=bootstrap,
@@ -168,7 +215,7 @@ class TufClient:
             self._updater.download_target(info, filepath=str(part))
             return part.read_bytes()
         except _TUF_ERRORS as e:
-            raise _wrap(e, f"cannot download {info.path}") from e
+            raise _wrap(e, f"cannot download {info.path}", target=True) from e
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
@@ -188,38 +235,32 @@ class TufClient:
             )
         return info
 
-    def staged_path(self, info: TargetFile) -> Path:
-        """Where the verified image of ``info`` is kept until installed."""
-        digest = info.hashes.get("sha256") or next(iter(info.hashes.values()))
-        return self.download_dir / f"{digest}.bin"
+    def target_url(self, info: TargetFile) -> str:
+        """The URL of ``info``'s bytes (hash-prefixed under consistent snapshots, as ngclient)."""
+        path = info.path
+        # ngclient has no public accessor for the trusted root; read it as download_target does.
+        if self._updater._trusted_set.root.consistent_snapshot:
+            dirname, sep, name = path.rpartition("/")
+            path = f"{dirname}{sep}{next(iter(info.hashes.values()))}.{name}"
+        return self.targets_url + quote(path)
 
-    def download(self, info: TargetFile) -> Path:
-        """Download and verify a target; reuse an already verified copy.
+    def download(self, info: TargetFile, dest: Path, downloader: Downloader) -> DownloadResult:
+        """Fetch the verified bytes of ``info`` to ``dest`` (resuming, or reusing a verified copy).
 
         Raises:
-            VerificationError: code ``target_hash_mismatch``; nothing is kept.
-            TransportError: code ``server_unreachable``.
+            VerificationError: ``target_hash_mismatch`` or ``target_length_mismatch``;
+                nothing is kept.
+            TransportError: ``server_unreachable``, ``slow_retrieval``,
+                ``download_failed`` or ``data_budget_exhausted``; a partial file is
+                kept for the next attempt.
+            RepositoryError: the local disk cannot be written.
         """
-        final = self.staged_path(info)
-        if self._updater.find_cached_target(info, str(final)) is not None:
-            logger.debug("reusing verified download %s", final)
-            return final
-        part = final.with_suffix(".part")
-        try:
-            # ngclient verifies length and hashes before it writes ``part``.
-            self._updater.download_target(info, filepath=str(part))
-            with part.open("rb") as f:
-                os.fsync(f.fileno())
-            os.replace(part, final)
-            fsync_dir(final.parent)
-        except _TUF_ERRORS as e:
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-            raise _wrap(e, f"download of {info.path} failed") from e
-        return final
+        return downloader.fetch(self.target_url(info), Expected.from_target(info), dest)
 
     def clean_downloads(self, keep: Path | None = None) -> None:
-        """Remove staged images other than ``keep``."""
+        """Remove staged images and partial downloads other than ``keep``."""
+        if not self.download_dir.is_dir():
+            return
         for entry in self.download_dir.iterdir():
             if entry != keep and entry.is_file():
                 with contextlib.suppress(FileNotFoundError):

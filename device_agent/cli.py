@@ -4,11 +4,14 @@ Commands::
 
     tufota-agent run --config PATH [--once] [-v]
     tufota-agent status --config PATH [--json] [-v]
+    tufota-agent install-bundle DIR --config PATH [-v]
+    tufota-agent tuf-client --metadata-dir DIR [...] init|refresh|download
 
 Exit codes: 0 the cycle completed (nothing to do, installed and reboot
 pending, or update succeeded); 3 the cycle completed but the update was
-refused, failed, rolled back or the server was unreachable (``--once`` only);
-1 a tufota error (bad config, missing keys, corrupt state); 2 bad usage.
+refused, failed, rolled back or the server was unreachable (``run --once``
+and ``install-bundle``); 1 a tufota error (bad config, missing keys, corrupt
+state); 2 bad usage. ``tuf-client`` follows the conformance protocol: 0 or 1.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from device_agent._agent import (
     run_agent_loop,
 )
 from device_agent._config import AgentConfig
+from device_agent._tufcli import main as tuf_client_main
 from tufota_core import TufotaError
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Show the installed version, slots, agent state and queued reports.",
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    bundle = sub.add_parser(
+        "install-bundle",
+        parents=[common],
+        help="install an offline update bundle (USB)",
+        description=(
+            "Verify an offline bundle (metadata/ and targets/ copied from the repository, "
+            "optional bundle.json naming the target) against the trusted root and install "
+            "its firmware into the inactive slot. Reports are queued for the next online run."
+        ),
+    )
+    bundle.add_argument("bundle", type=Path, metavar="DIR", help="bundle directory")
+    sub.add_parser(
+        "tuf-client",
+        help="TUF conformance-suite client (see 'tufota-agent tuf-client --help')",
+        add_help=False,
+    )
     return parser
 
 
@@ -157,15 +177,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_install_bundle(args: argparse.Namespace) -> int:
+    config = AgentConfig.load(args.config)
+    with Agent(config) as agent:
+        result = agent.install_bundle(args.bundle)
+    print(_describe(result))
+    return EXIT_OK if result.action == ACTION_REBOOTING else EXIT_UPDATE_PROBLEM
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tufota-agent``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tuf-client"]:
+        return tuf_client_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    commands = {"run": _cmd_run, "status": _cmd_status}
+    commands = {"run": _cmd_run, "status": _cmd_status, "install-bundle": _cmd_install_bundle}
     try:
         return commands[args.command](args)
     except TufotaError as e:

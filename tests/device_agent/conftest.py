@@ -10,6 +10,7 @@ the server's seq rule (409 for a seq at or below the last accepted).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -200,6 +201,9 @@ class ReportServer:
     reports: list[Report] = field(default_factory=list)
     last_seq: dict[str, int] = field(default_factory=dict)
     gets: Counter[str] = field(default_factory=Counter)
+    bytes_sent: Counter[str] = field(default_factory=Counter)
+    ranges: list[str] = field(default_factory=list)
+    cuts: dict[str, int] = field(default_factory=dict)  # path suffix -> bytes before a cut
     force_status: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -255,7 +259,36 @@ def _handler(state: ReportServer) -> type[BaseHTTPRequestHandler]:
             if not file.is_file():
                 self._send(404)
                 return
-            self._send(200, file.read_bytes(), "application/octet-stream")
+            data = file.read_bytes()
+            etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+            start, status = 0, 200
+            wanted = self.headers.get("Range")
+            if wanted and self.headers.get("If-Range", etag) == etag:
+                state.ranges.append(wanted)
+                first = int(wanted.removeprefix("bytes=").split("-")[0])
+                if first >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, status = first, 206
+            body = data[start:]
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", etag)
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            suffix = next((k for k in state.cuts if path.endswith(k)), None)
+            cut = state.cuts.pop(suffix) if suffix is not None else None
+            if cut is not None and cut < len(body):
+                body = body[:cut]
+                self.close_connection = True
+            self.wfile.write(body)
+            state.bytes_sent[path] += len(body)
 
         def do_POST(self) -> None:
             parts = [p for p in self.path.split("/") if p]

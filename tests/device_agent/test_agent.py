@@ -175,8 +175,8 @@ def test_metadata_signed_by_an_untrusted_key_is_refused(env: Env) -> None:
 
     result = env.agent().run_once()
 
-    assert (result.action, result.error_code) == (ACTION_REFUSED, "metadata_verification_failed")
-    assert env.server.reports[-1].error_code == "metadata_verification_failed"
+    assert (result.action, result.error_code) == (ACTION_REFUSED, "bad_signature")
+    assert env.server.reports[-1].error_code == "bad_signature"
     assert _slot_image(env, "b") is None
 
 
