@@ -174,7 +174,7 @@ def requirement(
 
     def check(request: Request) -> Principal:
         principal = principal_of(request, tokens(), local_viewer())
-        if principal is None:
+        if principal is None or (principal is LOCAL_VIEWER and not principal.may(permission)):
             raise ApiError(401, "unauthenticated", "this endpoint needs an API token")
         if not principal.may(permission):
             raise ApiError(403, "forbidden", f"role {principal.role} may not {permission}")

@@ -1,15 +1,46 @@
-"""What the server's routes share: publisher, tracker, controller, tokens, settings."""
+"""What the server's routes share: publisher, tracker, controller, tokens, settings.
+
+Invariant: the online-role refresh goes through ``ServerContext.refresh_online``
+so its outcome (when, what was re-signed, the last error) is what operators
+see at ``GET /api/v1/repository``.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import Request
 
 from repo_server._auth import Principal, TokenStore, requirement
+from repo_server._config import ServerLimits
 from repo_server._publisher import Publisher
 from staging import RolloutController, TrackerStore
+from tufota_core import TufotaError, format_time, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RefreshStatus:
+    """The outcome of the last online-role refresh."""
+
+    at: datetime | None = None
+    renewed: list[str] = field(default_factory=list)
+    error: str = ""
+    last_renewal: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": format_time(self.at) if self.at else None,
+            "renewed": list(self.renewed),
+            "error": self.error,
+            "last_renewal": format_time(self.last_renewal) if self.last_renewal else None,
+        }
 
 
 @dataclass
@@ -18,6 +49,8 @@ class ServerContext:
 
     Attributes:
         local_viewer: requests from loopback without a token may read (viewer).
+        limits: the server's caps and timeouts.
+        storage_url: where the served tree lives, for operators.
     """
 
     publisher: Publisher
@@ -27,7 +60,30 @@ class ServerContext:
     local_viewer: bool = True
     tick_interval: float = 5.0
     refresh_interval: float = 60.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    storage_url: str = ""
+    refresh: RefreshStatus = field(default_factory=RefreshStatus)
+    _refresh_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def require(self, permission: str) -> Callable[[Request], Principal]:
         """A FastAPI dependency admitting principals with ``permission`` (read, operate, upload)."""
         return requirement(permission, lambda: self.tokens, lambda: self.local_viewer)
+
+    def refresh_online(self, margin: timedelta | None = None) -> list[str]:
+        """Re-sign the online roles due for it and record the outcome.
+
+        Raises:
+            TufotaError: the refresh failed (also recorded in ``refresh.error``).
+        """
+        with self._refresh_lock:
+            now = utcnow()
+            try:
+                renewed = self.publisher.refresh_online(margin)
+            except TufotaError as e:
+                self.refresh = RefreshStatus(now, [], str(e), self.refresh.last_renewal)
+                logger.error("online role refresh failed: %s", e)
+                raise
+            self.refresh = RefreshStatus(
+                now, renewed, "", now if renewed else self.refresh.last_renewal
+            )
+            return renewed

@@ -1,10 +1,19 @@
-"""HTTP errors: every error body is ``{"error": CODE, "message": TEXT}``."""
+"""HTTP errors: every error body is ``{"error": CODE, "message": TEXT}``.
+
+Invariants: client mistakes get 4xx with a code naming the problem; an
+unexpected exception gets 500 ``internal_error`` without internals (they go
+to the log); S3 or network trouble behind the server is 503.
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tufota_core import (
@@ -12,9 +21,34 @@ from tufota_core import (
     InputError,
     NotFoundError,
     RepositoryError,
+    TransportError,
     TufotaError,
     VerificationError,
 )
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: str
+    message: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route may answer."""
+    text = {
+        400: "Bad request: malformed body, parameter or bundle",
+        401: "No API token, or an unknown one",
+        403: "The token's role may not do this",
+        404: "No such object",
+        409: "Conflicts with the current state (version replay, duplicate)",
+        413: "Body too large",
+        422: "A signature, threshold, hash or path check failed",
+        503: "The storage behind the server is unreachable",
+    }
+    return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}
 
 
 class ApiError(Exception):
@@ -46,6 +80,8 @@ def status_for(error: TufotaError) -> int:
         return 409
     if isinstance(error, VerificationError):
         return 422
+    if isinstance(error, TransportError):
+        return 503
     if isinstance(error, RepositoryError):
         return 500
     return 500
@@ -58,13 +94,18 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _tufota_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TufotaError)
-    return error_response(status_for(exc), exc.code, str(exc))
+    status = status_for(exc)
+    if status >= 500:
+        logger.error("%s: %s", type(exc).__name__, exc)
+    return error_response(status, exc.code, str(exc))
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    return error_response(
+        exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
+    )
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -74,9 +115,15 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "the server failed; see its log")
+
+
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     TufotaError: _tufota_error,
     StarletteHTTPException: _http_error,
     RequestValidationError: _validation_error,
+    Exception: _unexpected,
 }

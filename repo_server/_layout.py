@@ -9,9 +9,14 @@ Layout of ``REPO/``::
     tokens.json     operators' API tokens (SHA-256 hashes only)
     .publish.lock   serialises publishers across processes
 
-Invariants: only ``public/`` is ever served; ``create`` builds the whole
-directory beside its destination and renames it into place, so a failed
-``tufota init`` leaves nothing behind.
+With S3 storage (``tufota init STATE_DIR --storage s3://BUCKET/PREFIX``) the
+directory is the *state directory*: everything above except ``public/``, and
+``tufota.json`` names the bucket (docs/decisions/0005). Keys, tokens and the
+tracker never go to the bucket, which may be public behind a CDN.
+
+Invariants: only ``public/`` (or the bucket prefix) is ever served; ``create``
+builds the whole directory beside its destination and renames it into place,
+so a failed ``tufota init`` leaves nothing behind locally.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repo_server._config import ServerLimits
 from repo_server._publisher import OnlineSigners, Publisher, RepoState, load_state
+from repo_server._s3 import S3Location, S3Storage, is_s3_url
 from repo_server._storage import LocalStorage, Storage
 from signing import (
     Expiry,
@@ -56,6 +63,11 @@ class RepoConfig:
     rollouts_key: str = "rollouts"
     release_key: str = "release"
     format: int = FORMAT
+    storage: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_sse: str = "AES256"
+    s3_kms_key_id: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> RepoConfig:
@@ -67,14 +79,39 @@ class RepoConfig:
             raise RepositoryError(f"{CONFIG_FILE} is malformed: {e}") from e
 
 
+def make_storage(path: Path, config: RepoConfig, limits: ServerLimits | None = None) -> Storage:
+    """The storage ``config`` names: ``path/public`` by default, else its S3 location.
+
+    Raises:
+        InputError: the configured storage URL or S3 options are invalid.
+    """
+    if not config.storage:
+        return LocalStorage(path / "public", path / ".publish.lock")
+    if not is_s3_url(config.storage):
+        raise InputError(f"{CONFIG_FILE}: storage {config.storage!r} is not an s3:// URL")
+    return S3Storage(
+        S3Location.parse(config.storage),
+        endpoint_url=config.s3_endpoint_url or None,
+        region=config.s3_region or None,
+        sse=config.s3_sse,
+        kms_key_id=config.s3_kms_key_id or None,
+        limits=limits,
+    )
+
+
 class Repository:
-    """A repository directory: configuration, keys, storage, tracker file."""
+    """A repository (or state) directory: configuration, keys, storage, tracker file."""
 
     def __init__(self, path: Path, config: RepoConfig, storage: Storage | None = None) -> None:
         self.path = path
         self.config = config
-        self.storage: Storage = storage or LocalStorage(path / "public", path / ".publish.lock")
+        self.storage: Storage = storage or make_storage(path, config)
         self.expiry = Expiry()
+
+    @property
+    def storage_url(self) -> str:
+        """Where the served tree lives: an ``s3://`` URL or the ``public/`` directory."""
+        return self.config.storage or str(self.path / "public")
 
     @property
     def keys_dir(self) -> Path:
@@ -107,17 +144,70 @@ class Repository:
         return cls(path, RepoConfig.from_json(data))
 
     @classmethod
-    def create(cls, path: Path, passphrase: str, server_url: str | None = None) -> Repository:
+    def locate(cls, repo: str, state_dir: str | None = None) -> Repository:
+        """Open ``repo``: a repository directory, or ``s3://BUCKET/PREFIX`` with its state dir.
+
+        Raises:
+            InputError: an S3 URL without ``state_dir``, or one that is not the
+                storage the state directory was created for.
+            NotFoundError: the directory is not a tufota repository.
+        """
+        if not is_s3_url(repo):
+            if state_dir is not None and Path(state_dir) != Path(repo):
+                raise InputError("--state-dir goes with an s3:// --repo only")
+            return cls.open(Path(repo))
+        location = S3Location.parse(repo)
+        if state_dir is None:
+            raise InputError(
+                f"{repo} needs --state-dir: the directory 'tufota init --storage {repo}' "
+                "created, holding the keys, tokens and tracker"
+            )
+        opened = cls.open(Path(state_dir))
+        if not opened.config.storage or S3Location.parse(opened.config.storage) != location:
+            raise InputError(
+                f"state directory {state_dir} belongs to "
+                f"{opened.config.storage or 'a local repository'}, not {location.url}"
+            )
+        return opened
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        passphrase: str,
+        server_url: str | None = None,
+        storage: RepoConfig | None = None,
+    ) -> Repository:
         """Create keys, root, targets (with the rollouts delegation), snapshot and timestamp.
+
+        Args:
+            path: the directory to create (the state directory for S3 storage).
+            passphrase: encrypts the new key files.
+            server_url: the URL devices will use.
+            storage: a configuration whose ``storage``/``s3_*`` fields name S3
+                storage; None keeps the served tree in ``path/public``.
 
         Raises:
             InputError: ``path`` exists and is not empty, or the passphrase is too weak.
+            ConflictError: the S3 location already holds a repository.
         """
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise InputError(f"{path} already exists and is not empty")
         if not path.parent.is_dir():
             raise NotFoundError(f"parent directory {path.parent} does not exist")
         config = RepoConfig(server_url=server_url) if server_url else RepoConfig()
+        if storage is not None and storage.storage:
+            config = RepoConfig(
+                **{
+                    **asdict(config),
+                    "storage": S3Location.parse(storage.storage).url,
+                    "s3_endpoint_url": storage.s3_endpoint_url,
+                    "s3_region": storage.s3_region,
+                    "s3_sse": storage.s3_sse,
+                    "s3_kms_key_id": storage.s3_kms_key_id,
+                }
+            )
+            make_storage(path, config)  # validate the options before making keys
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.init-"))
         try:
             repo = cls(staging, config)

@@ -4,17 +4,28 @@ A publish runs under the storage lock and in this order (DESIGN.md, TUF
 specification section 5 read in reverse):
 
 1. Load the current trusted state from storage (timestamp -> snapshot -> roles).
-2. Verify every incoming role against its delegator: signature threshold,
-   version increase, every target inside the role's delegated paths, and every
-   blob's length and hashes. Nothing is written before all checks pass.
-3. Write target blobs under hash-prefixed names.
+2. Verify everything before writing anything:
+   a. a new root against the current root's threshold and its own (5.3.4-5.3.5);
+   b. new targets against the (new) root;
+   c. every incoming role against its (new) delegator: signature threshold,
+      version increase, not expired, every target inside the role's delegated
+      paths, every blob's length and hashes, firmware ``custom`` describing its
+      path, published releases unchanged and new versions newer;
+   d. every published role the upload leaves alone against a new delegator;
+   e. the server's next snapshot and timestamp against the (new) root, so the
+      online key is known to satisfy it.
+3. Write the new root (``N.root.json``), then target blobs under hash-prefixed names.
 4. Write the new versioned role files (``N.<role>.json``).
-5. Write a new snapshot (``N.snapshot.json``), signed with the online key.
+5. Write the new snapshot (``N.snapshot.json``), signed with the online key.
 6. Write ``timestamp.json`` last, signed with the online key.
 
-Devices only discover new files through ``timestamp.json``, so a crash between
-any two steps leaves the previous repository fully valid; re-running the same
-publish completes it. Publishing the very same role bytes again is a no-op.
+Devices only discover new files through ``timestamp.json`` (and new roots by
+probing ``N+1.root.json``, which stays valid with the old timestamp as long as
+the online key does not change), so a crash between any two steps leaves the
+previous repository fully valid; re-running the same publish completes it.
+Publishing the very same role bytes again is a no-op. ``step_hook`` is called
+with ``root``, ``blobs``, ``roles``, ``snapshot``, ``timestamp`` and ``done``
+before each stage; tests inject crashes through it.
 """
 
 from __future__ import annotations
@@ -45,10 +56,14 @@ from signing import Expiry
 from tufota_core import (
     ROLLOUTS_ROLE,
     ConflictError,
+    FirmwareInfo,
+    InputError,
     NotFoundError,
     RepositoryError,
     RolloutDoc,
     VerificationError,
+    Version,
+    firmware_target_path,
     rollout_target_path,
     utcnow,
 )
@@ -199,7 +214,7 @@ class Publisher:
         """
         with self.storage.lock():
             if latest_root_version(self.storage) or self.storage.exists(metadata_key("timestamp")):
-                raise ConflictError("the storage already holds a repository")
+                raise ConflictError(f"{self.storage!r} already holds a repository")
             try:
                 root.verify_delegate(Root.type, root)
             except UnsignedMetadataError as e:
@@ -210,17 +225,18 @@ class Publisher:
             rollouts = Metadata(Targets(expires=now + self.expiry.rollouts))
             rollouts.sign(signers.rollouts)
             _verify_signed_by(targets, ROLLOUTS_ROLE, rollouts)
-            self._step("root")
-            self.storage.put(metadata_key(Root.type, 1), root.to_bytes())
-            self._step("roles")
-            self.storage.put(metadata_key(Targets.type, 1), targets.to_bytes())
-            self.storage.put(metadata_key(ROLLOUTS_ROLE, 1), rollouts.to_bytes())
             snapshot = Metadata(Snapshot(expires=now + self.expiry.snapshot))
             snapshot.signed.meta = {
                 "targets.json": MetaFile(1),
                 f"{ROLLOUTS_ROLE}.json": MetaFile(1),
             }
-            self._write_snapshot_and_timestamp(snapshot, None, signers, now)
+            timestamp = self._sign_online(root, snapshot, None, signers)
+            self._step("root")
+            self.storage.put(metadata_key(Root.type, 1), root.to_bytes())
+            self._step("roles")
+            self.storage.put(metadata_key(Targets.type, 1), targets.to_bytes())
+            self.storage.put(metadata_key(ROLLOUTS_ROLE, 1), rollouts.to_bytes())
+            self._write_online(snapshot, timestamp)
         logger.info("published a new repository (root v1)")
 
     # -- verified updates ----------------------------------------------------
@@ -230,19 +246,27 @@ class Publisher:
         roles: dict[str, Metadata[Targets]],
         blobs: list[Blob],
         targets: Metadata[Targets] | None = None,
+        root: Metadata[Root] | None = None,
     ) -> bool:
-        """Verify and publish new versions of delegated roles (and optionally targets).
+        """Verify and publish a new root, new targets and new delegated roles, all or nothing.
+
+        Everything is verified before the first write: the new root against the
+        current one, the new targets against the (new) root, each role against
+        its (new) delegator, every published role that the upload does not
+        replace against its (new) delegator, and the server's own snapshot and
+        timestamp signatures against the (new) root.
 
         Returns:
-            False when every role was already published byte for byte (idempotent re-upload).
+            False when everything was already published byte for byte (idempotent re-upload).
 
         Raises:
-            VerificationError: a signature, threshold, path, length or hash check failed.
-            ConflictError: a version does not increase.
+            VerificationError: a signature, threshold, path, length, hash or expiry check failed.
+            ConflictError: a version does not increase, or a published release would change.
+            InputError: a firmware target's ``custom`` field does not describe its path.
             RepositoryError: the current repository cannot be read.
         """
         with self.storage.lock():
-            return self._publish_locked(load_state(self.storage), roles, blobs, targets)
+            return self._publish_locked(load_state(self.storage), roles, blobs, targets, root)
 
     def _publish_locked(
         self,
@@ -250,10 +274,22 @@ class Publisher:
         roles: dict[str, Metadata[Targets]],
         blobs: list[Blob],
         targets: Metadata[Targets] | None,
+        root: Metadata[Root] | None = None,
     ) -> bool:
-        changed = self._verify(state, roles, blobs, targets)
-        if not changed:
+        new_root = root if root is not None and self._verify_root(state.root, root) else None
+        trusted_root = new_root or state.root
+        changed = self._verify(state, trusted_root, roles, blobs, targets)
+        if not changed and new_root is None:
             return False
+        snapshot = state.snapshot
+        for name in changed:
+            md = targets if name == Targets.type else roles[name]
+            assert md is not None
+            snapshot.signed.meta[f"{name}.json"] = MetaFile(md.signed.version)
+        timestamp = self._sign_online(trusted_root, snapshot, state.timestamp, self._signers())
+        if new_root is not None:
+            self._step("root")
+            self.storage.put(metadata_key(Root.type, new_root.signed.version), new_root.to_bytes())
         self._step("blobs")
         for blob in blobs:
             key = blob.storage_key()
@@ -269,33 +305,66 @@ class Publisher:
         for name, md in roles.items():
             if name in changed:
                 self.storage.put(metadata_key(name, md.signed.version), md.to_bytes())
-        snapshot = state.snapshot
-        for name in changed:
-            version = (targets if name == Targets.type else roles[name]).signed.version  # type: ignore[union-attr]
-            snapshot.signed.meta[f"{name}.json"] = MetaFile(version)
-        self._write_snapshot_and_timestamp(
-            snapshot, state.timestamp, self._signers(), self._clock()
-        )
-        logger.debug("published %s", ", ".join(sorted(changed)))
+        self._write_online(snapshot, timestamp)
+        logger.debug("published %s", ", ".join(sorted(changed)) or "root")
+        return True
+
+    def _verify_root(self, current: Metadata[Root], root: Metadata[Root]) -> bool:
+        """TUF specification 5.3.4-5.3.5, on the server side.
+
+        Returns:
+            False when this root is already published byte for byte.
+        """
+        if root.signed.version == current.signed.version and root.to_bytes() == current.to_bytes():
+            return False
+        if root.signed.version != current.signed.version + 1:
+            raise ConflictError(
+                f"root version {root.signed.version} is not the next version "
+                f"({current.signed.version + 1})"
+            )
+        try:
+            current.verify_delegate(Root.type, root)
+        except UnsignedMetadataError as e:
+            raise VerificationError(f"new root lacks the current root's threshold: {e}") from e
+        try:
+            root.verify_delegate(Root.type, root)
+        except UnsignedMetadataError as e:
+            raise VerificationError(f"new root lacks its own threshold: {e}") from e
+        if root.signed.expires <= self._clock():
+            raise VerificationError(f"new root expired at {root.signed.expires}")
         return True
 
     def _verify(
         self,
         state: RepoState,
+        trusted_root: Metadata[Root],
         roles: dict[str, Metadata[Targets]],
         blobs: list[Blob],
         targets: Metadata[Targets] | None,
     ) -> set[str]:
+        """Steps 2a-2e of the module docstring; returns the roles that change."""
         changed: set[str] = set()
         delegator = state.targets
         if targets is not None:
-            _verify_signed_by(state.root, Targets.type, targets)
+            _verify_signed_by(trusted_root, Targets.type, targets)
             if self._is_new(Targets.type, state.targets, targets):
+                if targets.signed.expires <= self._clock():
+                    raise VerificationError(
+                        f"targets: metadata expired at {targets.signed.expires}"
+                    )
                 changed.add(Targets.type)
-            delegator = targets
+                delegator = targets
+        elif trusted_root is not state.root:
+            _verify_signed_by(trusted_root, Targets.type, state.targets)
         blob_by_path = {b.target.path: b for b in blobs}
         for name, md in roles.items():
-            role = state.delegated_role(name, delegator)
+            try:
+                role = state.delegated_role(name, delegator)
+            except NotFoundError:
+                raise VerificationError(
+                    f"{name} is not a role that targets version {delegator.signed.version} "
+                    "delegates (is the product line created?)"
+                ) from None
             _verify_signed_by(delegator, name, md)
             current = state.roles.get(name)
             if current is not None and not self._is_new(name, current, md):
@@ -305,8 +374,31 @@ class Publisher:
             for path, target in md.signed.targets.items():
                 if not role.is_delegated_path(path):
                     raise VerificationError(f"{name} may not sign {path}")
+                if name != ROLLOUTS_ROLE:
+                    _check_release(name, path, target, current)
                 self._verify_blob(target, blob_by_path.get(path))
             changed.add(name)
+        if delegator is not state.targets:
+            # A published role the upload leaves alone must stay valid under its
+            # new delegator, or devices would stop trusting it.
+            for name, md in state.roles.items():
+                if name in roles:
+                    continue
+                try:
+                    state.delegated_role(name, delegator)
+                except NotFoundError:
+                    raise VerificationError(
+                        f"targets version {delegator.signed.version} drops the delegation of "
+                        f"the published role {name}"
+                    ) from None
+                try:
+                    delegator.verify_delegate(name, md)
+                except UnsignedMetadataError as e:
+                    raise VerificationError(
+                        f"the published role {name} is not signed by the keys targets version "
+                        f"{delegator.signed.version} delegates it to; upload {name} re-signed "
+                        f"with them ({e})"
+                    ) from e
         return changed
 
     def _is_new(self, name: str, current: Metadata[Targets], new: Metadata[Targets]) -> bool:
@@ -346,20 +438,26 @@ class Publisher:
 
     # -- online roles --------------------------------------------------------
 
-    def _write_snapshot_and_timestamp(
+    def _sign_online(
         self,
+        trusted_root: Metadata[Root],
         snapshot: Metadata[Snapshot],
         timestamp: Metadata[Timestamp] | None,
         signers: OnlineSigners,
-        now: datetime,
-    ) -> None:
+    ) -> Metadata[Timestamp]:
+        """Bump and re-sign the next snapshot and timestamp, check them; write nothing.
+
+        Raises:
+            VerificationError: the server's online key does not satisfy the
+                root's snapshot or timestamp role (say, a new root rotated the
+                online key and the server has not been given the new one).
+        """
+        now = self._clock()
         if timestamp is not None:
             snapshot.signed.version += 1
         snapshot.signed.expires = now + self.expiry.snapshot
         snapshot.signatures.clear()
         snapshot.sign(signers.snapshot_timestamp)
-        self._step("snapshot")
-        self.storage.put(metadata_key(Snapshot.type, snapshot.signed.version), snapshot.to_bytes())
         if timestamp is None:
             timestamp = Metadata(Timestamp(expires=now))
         else:
@@ -368,6 +466,19 @@ class Publisher:
         timestamp.signed.expires = now + self.expiry.timestamp
         timestamp.signatures.clear()
         timestamp.sign(signers.snapshot_timestamp)
+        for role, md in ((Snapshot.type, snapshot), (Timestamp.type, timestamp)):
+            try:
+                trusted_root.verify_delegate(role, md)
+            except UnsignedMetadataError as e:
+                raise VerificationError(
+                    f"the server's online key cannot sign {role} under root version "
+                    f"{trusted_root.signed.version}: {e}"
+                ) from e
+        return timestamp
+
+    def _write_online(self, snapshot: Metadata[Snapshot], timestamp: Metadata[Timestamp]) -> None:
+        self._step("snapshot")
+        self.storage.put(metadata_key(Snapshot.type, snapshot.signed.version), snapshot.to_bytes())
         self._step("timestamp")
         self.storage.put(metadata_key(Timestamp.type), timestamp.to_bytes())
         self._step("done")
@@ -377,7 +488,8 @@ class Publisher:
 
         TUF specification 5.3.4-5.3.5: the new root must be signed by a
         threshold of the current root's keys and by a threshold of its own,
-        and its version is exactly one more.
+        and its version is exactly one more. The published targets and the
+        server's online signatures must stay valid under the new root.
 
         Returns:
             False when that root version is already published byte for byte.
@@ -386,38 +498,10 @@ class Publisher:
             VerificationError: a threshold is not met.
             ConflictError: the version is not exactly the next one.
         """
-        with self.storage.lock():
-            state = load_state(self.storage)
-            current = state.root
-            if (
-                root.signed.version == current.signed.version
-                and root.to_bytes() == current.to_bytes()
-            ):
-                return False
-            if root.signed.version != current.signed.version + 1:
-                raise ConflictError(
-                    f"root version {root.signed.version} is not the next version "
-                    f"({current.signed.version + 1})"
-                )
-            try:
-                current.verify_delegate(Root.type, root)
-            except UnsignedMetadataError as e:
-                raise VerificationError(f"new root lacks the current root's threshold: {e}") from e
-            try:
-                root.verify_delegate(Root.type, root)
-            except UnsignedMetadataError as e:
-                raise VerificationError(f"new root lacks its own threshold: {e}") from e
-            if root.signed.expires <= self._clock():
-                raise VerificationError(f"new root expired at {root.signed.expires}")
-            self._step("root")
-            self.storage.put(metadata_key(Root.type, root.signed.version), root.to_bytes())
-            # Online keys may have rotated too: the next snapshot and timestamp use the signers
-            # the caller configured for the new root.
-            self._write_snapshot_and_timestamp(
-                state.snapshot, state.timestamp, self._signers(), self._clock()
-            )
-        logger.info("published root v%d", root.signed.version)
-        return True
+        published = self.publish({}, [], None, root)
+        if published:
+            logger.info("published root v%d", root.signed.version)
+        return published
 
     def publish_rollout(self, doc: RolloutDoc) -> None:
         """Sign ``doc`` with the online ``rollouts`` key and publish it.
@@ -447,10 +531,14 @@ class Publisher:
         )
 
     def refresh_online(self, margin: timedelta | None = None) -> list[str]:
-        """Re-sign the online roles that expire within ``margin``.
+        """Re-sign the online roles that expire within ``margin`` (default: half their period).
 
         Returns:
             The roles that were re-signed.
+
+        Raises:
+            RepositoryError: the repository cannot be read.
+            VerificationError: the online key no longer satisfies the root.
         """
         signers = self._signers()
         now = self._clock()
@@ -464,9 +552,7 @@ class Publisher:
                 rollouts.signed.expires = now + self.expiry.rollouts
                 rollouts.signatures.clear()
                 rollouts.sign(signers.rollouts)
-                self.storage.put(
-                    metadata_key(ROLLOUTS_ROLE, rollouts.signed.version), rollouts.to_bytes()
-                )
+                _verify_signed_by(state.targets, ROLLOUTS_ROLE, rollouts)
                 state.snapshot.signed.meta[f"{ROLLOUTS_ROLE}.json"] = MetaFile(
                     rollouts.signed.version
                 )
@@ -474,15 +560,27 @@ class Publisher:
             snap_margin = margin if margin is not None else self.expiry.snapshot / 2
             ts_margin = margin if margin is not None else self.expiry.timestamp / 2
             if renewed or state.snapshot.signed.expires - now <= snap_margin:
-                renewed.append(Snapshot.type)
-                self._write_snapshot_and_timestamp(state.snapshot, state.timestamp, signers, now)
-                renewed.append(Timestamp.type)
+                timestamp = self._sign_online(state.root, state.snapshot, state.timestamp, signers)
+                if rollouts is not None and renewed:
+                    self._step("roles")
+                    self.storage.put(
+                        metadata_key(ROLLOUTS_ROLE, rollouts.signed.version), rollouts.to_bytes()
+                    )
+                self._write_online(state.snapshot, timestamp)
+                renewed += [Snapshot.type, Timestamp.type]
             elif state.timestamp.signed.expires - now <= ts_margin:
                 ts = state.timestamp
                 ts.signed.version += 1
                 ts.signed.expires = now + self.expiry.timestamp
                 ts.signatures.clear()
                 ts.sign(signers.snapshot_timestamp)
+                try:
+                    state.root.verify_delegate(Timestamp.type, ts)
+                except UnsignedMetadataError as e:
+                    raise VerificationError(
+                        f"the server's online key cannot sign timestamp: {e}"
+                    ) from e
+                self._step("timestamp")
                 self.storage.put(metadata_key(Timestamp.type), ts.to_bytes())
                 renewed.append(Timestamp.type)
         if renewed:
@@ -501,3 +599,43 @@ class Publisher:
         for name, md in state.roles.items():
             result[name] = md.signed.expires
         return result
+
+
+def _check_release(
+    role: str, path: str, target: TargetFile, current: Metadata[Targets] | None
+) -> None:
+    """A firmware target describes itself, and published releases never change.
+
+    Raises:
+        InputError: the ``custom`` field is malformed or names another hardware, version or file.
+        ConflictError: the path is published with other bytes, or the version is not
+            newer than every published release of the product line.
+    """
+    published = current.signed.targets.get(path) if current is not None else None
+    if published is not None:
+        if published.hashes != target.hashes or published.length != target.length:
+            raise ConflictError(
+                f"{path} is already published with other content; release a new version"
+            )
+        return
+    try:
+        info = FirmwareInfo.from_custom(target.custom)
+        expected = firmware_target_path(info.hardware_id, info.version, path.rsplit("/", 1)[-1])
+    except InputError as e:
+        raise InputError(f"{role}: {path}: {e}") from e
+    if expected != path:
+        raise InputError(
+            f"{role}: {path}: custom says hardware {info.hardware_id} version {info.version}"
+        )
+    if current is None:
+        return
+    for other in current.signed.targets.values():
+        try:
+            version = FirmwareInfo.from_custom(other.custom).version
+        except InputError:
+            continue
+        if Version.parse(info.version) <= Version.parse(version):
+            raise ConflictError(
+                f"{role}: {path}: version {info.version} is not newer than the published "
+                f"release {version}"
+            )

@@ -1,21 +1,25 @@
-"""Device routes: signed status reports in, a device's history out.
+"""Device routes: registration and status for operators, signed status reports from devices.
 
-Invariant: a report is applied only after its signature verified against the
+Invariants: a report is applied only after its signature verified against the
 device's registered key and its sequence number is above the last accepted
-one; a refused report changes nothing.
+one; a refused report changes nothing. Registering, accepting and revoking
+need the ``operate`` permission; listing and reading need ``read``. Device
+keys are never echoed whole: operators see their id and type.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
+from pydantic import BaseModel, Field
 from securesystemslib.signer import SSlibKey
 
+from repo_server import _devices
 from repo_server._context import ServerContext
-from repo_server._errors import ApiError
+from repo_server._errors import ApiError, error_responses
 from staging import ReplayError
 from tufota_core import (
     MAX_REPORT_BYTES,
@@ -30,10 +34,34 @@ from tufota_core import (
 )
 
 
+class DeviceRegistration(BaseModel):
+    """A device whose key was generated on the device."""
+
+    device_id: str = Field(description="unique device id", max_length=128)
+    hardware_id: str = Field(description="the device's product line", max_length=63)
+    public_key: dict[str, Any] | str = Field(
+        description="device.pub as a JSON object, or a PEM 'PUBLIC KEY' block"
+    )
+    tags: list[str] = Field(default_factory=list, description="cohort tags", max_length=32)
+
+
+class StatusChange(BaseModel):
+    """Why an operator accepts or revokes a device."""
+
+    reason: str = Field(default="", max_length=1024)
+
+
 def build_router(ctx: ServerContext) -> APIRouter:
     router = APIRouter()
+    operate = [Depends(ctx.require("operate"))]
+    read = [Depends(ctx.require("read"))]
 
-    @router.post("/api/v1/devices/{device_id}/reports", tags=["devices"], status_code=202)
+    @router.post(
+        "/api/v1/devices/{device_id}/reports",
+        tags=["devices"],
+        status_code=202,
+        responses=error_responses(400, 401, 403, 409, 413),
+    )
     async def post_report(device_id: str, request: Request) -> dict[str, Any]:
         """Accept a signed status report (see ``tufota_core.Report``)."""
         body = await request.body()
@@ -78,12 +106,81 @@ def build_router(ctx: ServerContext) -> APIRouter:
         return {"accepted": True, "seq": report.seq, "transition": changed}
 
     @router.get(
-        "/api/v1/devices/{device_id}", tags=["devices"], dependencies=[Depends(ctx.require("read"))]
+        "/api/v1/devices",
+        tags=["devices"],
+        dependencies=read,
+        responses=error_responses(400, 401, 403),
+    )
+    def list_devices(
+        status: Literal["pending", "accepted", "revoked"] | None = None,
+        hardware_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Registered devices, optionally by registration status or hardware id."""
+        devices = ctx.store.list_devices(hardware_id)
+        return {
+            "devices": [
+                _devices.device_json(d) for d in devices if status is None or d.status == status
+            ]
+        }
+
+    @router.post(
+        "/api/v1/devices",
+        tags=["devices"],
+        status_code=201,
+        dependencies=operate,
+        responses=error_responses(400, 401, 403, 404, 409),
+    )
+    def register_device(registration: DeviceRegistration) -> dict[str, Any]:
+        """Register a device key generated on the device; it stays pending until accepted."""
+        device = _devices.register(
+            ctx.store,
+            ctx.publisher.storage,
+            registration.device_id,
+            registration.hardware_id,
+            registration.public_key,
+            registration.tags,
+        )
+        return {"device": _devices.device_json(device)}
+
+    def _change(device_id: str, status: str, change: StatusChange | None) -> dict[str, Any]:
+        changed = _devices.set_status(ctx.store, device_id, status, change.reason if change else "")
+        return {"device": _devices.device_json(ctx.store.get_device(device_id)), "changed": changed}
+
+    @router.post(
+        "/api/v1/devices/{device_id}/accept",
+        tags=["devices"],
+        dependencies=operate,
+        responses=error_responses(400, 401, 403, 404, 409),
+    )
+    def accept_device(
+        device_id: str,
+        change: StatusChange | None = Body(default=None),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Let a pending device report (a revoked one stays revoked)."""
+        return _change(device_id, "accepted", change)
+
+    @router.post(
+        "/api/v1/devices/{device_id}/revoke",
+        tags=["devices"],
+        dependencies=operate,
+        responses=error_responses(400, 401, 403, 404),
+    )
+    def revoke_device(
+        device_id: str,
+        change: StatusChange | None = Body(default=None),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Refuse every further report of a device, for good."""
+        return _change(device_id, "revoked", change)
+
+    @router.get(
+        "/api/v1/devices/{device_id}",
+        tags=["devices"],
+        dependencies=read,
+        responses=error_responses(400, 401, 403, 404),
     )
     def get_device(device_id: str) -> dict[str, Any]:
         """A device and its history of reports."""
-        device = ctx.store.get_device(device_id).to_json()
-        device.pop("public_key", None)
+        device = _devices.device_json(ctx.store.get_device(check_device_id(device_id)))
         history = [e.to_json() for e in ctx.store.device_history(device_id, limit=200)]
         return {"device": device, "history": history}
 

@@ -8,6 +8,7 @@ can bind port 0 and learn the real port.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
@@ -35,6 +36,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_tls(tls_cert: str | None, tls_key: str | None) -> None:
+    """Load the certificate chain and key once, so a bad pair fails before serving.
+
+    Raises:
+        InputError: only one of the two is given, a file is missing, or they do not load
+            or do not belong together.
+    """
+    if tls_cert is None and tls_key is None:
+        return
+    if not tls_cert or not tls_key:
+        raise InputError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls_cert, tls_key)
+    except FileNotFoundError as e:
+        raise InputError(f"TLS file {e.filename} does not exist") from None
+    except (ssl.SSLError, OSError) as e:
+        raise InputError(
+            f"cannot use TLS certificate {tls_cert} with key {tls_key}: {e.strerror or e}"
+        ) from None
+
+
 def _config(app: FastAPI, tls_cert: str | None, tls_key: str | None) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -49,7 +72,12 @@ def _config(app: FastAPI, tls_cert: str | None, tls_key: str | None) -> uvicorn.
 def run_forever(
     app: FastAPI, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None
 ) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted.
+
+    Raises:
+        InputError: the address cannot be bound or the TLS files do not load.
+    """
+    check_tls(tls_cert, tls_key)
     sock = bind_socket(host, port)
     server = uvicorn.Server(_config(app, tls_cert, tls_key))
     server.run(sockets=[sock])
@@ -58,11 +86,20 @@ def run_forever(
 class ServerThread:
     """uvicorn in a background thread (tests, ``tufota demo``)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
+        check_tls(tls_cert, tls_key)
         self._sock = bind_socket(host, port)
         self.host = host
         self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(_config(app, None, None))
+        self.scheme = "https" if tls_cert else "http"
+        self._server = uvicorn.Server(_config(app, tls_cert, tls_key))
         self._server.config.install_signal_handlers = False  # type: ignore[attr-defined]
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
@@ -70,7 +107,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> ServerThread:
         self._thread.start()

@@ -17,7 +17,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
 from repo_server._errors import ApiError
-from repo_server._storage import ObjectInfo, Storage, check_key
+from repo_server._storage import ObjectInfo, Storage, cache_control, check_key
 from tufota_core import InputError, NotFoundError
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -52,8 +52,7 @@ def serve_object(storage: Storage, request: Request, key: str) -> Response:
         "ETag": info.etag,
         "Last-Modified": formatdate(info.mtime, usegmt=True),
         "Accept-Ranges": "bytes",
-        # timestamp.json changes in place; everything else is content-addressed.
-        "Cache-Control": "no-cache" if key.endswith("timestamp.json") else "public, max-age=300",
+        "Cache-Control": cache_control(key),
     }
     if _not_modified(request, info):
         return Response(status_code=304, headers=headers)

@@ -28,6 +28,19 @@ from tufota_core import InputError, NotFoundError
 
 MAX_KEY_LENGTH = 512
 _CHUNK = 64 * 1024
+MUTABLE_KEYS = frozenset({"metadata/timestamp.json"})
+
+
+def cache_control(key: str) -> str:
+    """The ``Cache-Control`` a served object deserves.
+
+    ``timestamp.json`` is the only object rewritten in place: caches must
+    revalidate it on every poll. Everything else is written once under a
+    versioned or content-addressed name and never changes.
+    """
+    if key in MUTABLE_KEYS:
+        return "no-cache"
+    return "public, max-age=31536000, immutable"
 
 
 def check_key(key: str) -> str:
@@ -83,6 +96,9 @@ class Storage(ABC):
     @abstractmethod
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive publishing lock."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without resources
+        """Release connections; the storage is unusable afterwards."""
 
     def exists(self, key: str) -> bool:
         try:

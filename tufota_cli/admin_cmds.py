@@ -1,9 +1,188 @@
-"""Command group placeholder: filled in by its issue."""
+"""``tufota repo verify|status`` and ``tufota token create|list|revoke``."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata
+
+from repo_server import (
+    ROLES,
+    Repository,
+    S3Location,
+    S3Storage,
+    Storage,
+    TokenStore,
+    is_s3_url,
+    verify_repository,
+)
+from tufota_cli._common import print_json, table
+from tufota_cli.repo_cmds import add_repo_arguments, open_repository
+from tufota_core import InputError, NotFoundError, VerificationError, format_time, utcnow
+
+ONLINE = ("timestamp", "snapshot", "rollouts")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this module's subcommands (none yet)."""
+    repo = sub.add_parser("repo", help="check and inspect a published repository")
+    rsub = repo.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
+    p = rsub.add_parser(
+        "verify",
+        help="check every signature, threshold, reference and blob; exit 1 on any problem",
+    )
+    add_repo_arguments(p)
+    p.add_argument(
+        "--trusted-root",
+        default=None,
+        help="root.json to start the chain from (default: the repository's 1.root.json)",
+    )
+    p.add_argument(
+        "--s3-endpoint-url", default=None, help="S3 endpoint when --repo is s3:// without state"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
+
+    p = rsub.add_parser("status", help="each role's version and remaining validity")
+    add_repo_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    token = sub.add_parser("token", help="API tokens for operators, uploaders and viewers")
+    tsub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    p = tsub.add_parser("create", help="create a token; it is printed once and never stored")
+    p.add_argument("--name", required=True, help="who or what uses it, e.g. ci-release")
+    p.add_argument("--role", required=True, choices=ROLES)
+    add_repo_arguments(p)
+    p.set_defaults(func=cmd_token_create)
+    p = tsub.add_parser("list", help="tokens by id, name and role (never the secrets)")
+    add_repo_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_token_list)
+    p = tsub.add_parser("revoke", help="delete a token; requests using it fail at once")
+    p.add_argument("token_id", metavar="TOKEN_ID", help="the id 'token list' shows")
+    add_repo_arguments(p)
+    p.set_defaults(func=cmd_token_revoke)
+
+
+def _storage_for_verify(args: argparse.Namespace) -> Storage:
+    if is_s3_url(args.repo) and args.state_dir is None:
+        # Verification needs no keys: the bucket alone will do.
+        return S3Storage(S3Location.parse(args.repo), endpoint_url=args.s3_endpoint_url)
+    return open_repository(args).storage
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    trusted = None
+    if args.trusted_root:
+        path = Path(args.trusted_root)
+        if not path.is_file():
+            raise NotFoundError(f"trusted root {path} does not exist")
+        trusted = path.read_bytes()
+    report = verify_repository(_storage_for_verify(args), trusted)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for problem in report.problems:
+            print(problem)
+        versions = ", ".join(f"{r} v{v}" for r, v in sorted(report.roles.items()))
+        print(
+            f"checked {len(report.roles)} roles ({versions}), {report.targets} targets, "
+            f"{report.blob_bytes} bytes of blobs"
+        )
+    errors = [p for p in report.problems if p.severity == "error"]
+    if errors:
+        raise VerificationError(
+            f"{len(errors)} problem{'s' if len(errors) > 1 else ''} in {args.repo}; "
+            f"first: {errors[0].key}: {errors[0].message}"
+        )
+    if not args.json:
+        print(f"{args.repo}: OK")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    state = repo.state()
+    now = utcnow()
+    rows = []
+    data = {}
+    every: list[tuple[str, Metadata[Any]]] = [
+        ("root", state.root),
+        ("timestamp", state.timestamp),
+        ("snapshot", state.snapshot),
+        ("targets", state.targets),
+        *sorted(state.roles.items()),
+    ]
+    for name, md in every:
+        left = md.signed.expires - now
+        online = name in ONLINE
+        note = "server re-signs" if online else ""
+        if not online and left < timedelta(days=30):
+            note = "re-sign offline soon"
+        if left.total_seconds() <= 0:
+            note = "EXPIRED"
+        data[name] = {
+            "version": md.signed.version,
+            "expires": format_time(md.signed.expires),
+            "seconds_left": int(left.total_seconds()),
+            "online": online,
+        }
+        rows.append([name, md.signed.version, format_time(md.signed.expires), _days(left), note])
+    if args.json:
+        print_json({"storage": repo.storage_url, "roles": data})
+    else:
+        print(f"repository {repo.storage_url}")
+        print(table(["role", "version", "expires", "left", ""], rows))
+    return 0
+
+
+def _days(left: timedelta) -> str:
+    hours = left.total_seconds() / 3600
+    return f"{hours / 24:.1f}d" if abs(hours) >= 48 else f"{hours:.1f}h"
+
+
+def _tokens(args: argparse.Namespace) -> TokenStore:
+    repo: Repository = open_repository(args)
+    return TokenStore(repo.tokens_path)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    token = _tokens(args).create(args.name, args.role)
+    token_id = token.split("_")[1]
+    print(token)
+    print(f"created {args.role} token {token_id} for {args.name}; it is shown only this once")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    records = _tokens(args).list()
+    if args.json:
+        print_json(
+            {
+                "tokens": [
+                    {"id": r.token_id, "name": r.name, "role": r.role, "created": r.created}
+                    for r in records
+                ]
+            }
+        )
+    elif not records:
+        print("no tokens")
+    else:
+        print(
+            table(
+                ["id", "name", "role", "created"],
+                [[r.token_id, r.name, r.role, r.created] for r in records],
+            )
+        )
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    if not args.token_id or len(args.token_id) > 64:
+        raise InputError(f"{args.token_id!r} is not a token id")
+    _tokens(args).revoke(args.token_id)
+    print(f"revoked token {args.token_id}")
+    return 0

@@ -1,4 +1,9 @@
-"""``tufota device``: provision devices."""
+"""``tufota device``: provision, register, accept, revoke and list devices.
+
+``provision`` makes the device's key here (factory provisioning) and registers
+it accepted; ``register`` takes a key generated on the device and leaves it
+pending until an operator runs ``accept``. ``revoke`` is final.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,27 @@ from pathlib import Path
 from securesystemslib.signer import CryptoSigner
 
 from device_agent import init_slots, render_agent_config
-from repo_server import Repository
+from repo_server import (
+    Repository,
+    device_json,
+    parse_public_key,
+    register_device,
+    set_device_status,
+)
 from signing import find_product, latest_version
-from staging import SqliteTrackerStore
-from tufota_cli._common import open_repo
-from tufota_core import InputError, NotFoundError, check_device_id, check_tag, product_role
+from staging import DEVICE_STATUSES, SqliteTrackerStore
+from tufota_cli._common import print_json, table
+from tufota_cli.repo_cmds import add_repo_arguments, open_repository
+from tufota_core import (
+    InputError,
+    NotFoundError,
+    check_device_id,
+    check_hardware_id,
+    check_tag,
+    product_role,
+)
+
+MAX_PUBKEY_FILE = 16 * 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dsub = device.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
     p = dsub.add_parser("provision", help="create a device identity, register it, write agent.toml")
     p.add_argument("device_id", metavar="DEVICE_ID")
-    p.add_argument("--repo", required=True, help="repository directory")
+    add_repo_arguments(p)
     p.add_argument("--hardware", required=True, help="hardware id with at least one release")
     p.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     p.add_argument("--tags", default="", help="comma-separated cohort tags")
@@ -38,7 +59,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--poll-interval", type=float, default=300.0)
     p.add_argument("--health-command", default="", help="command whose exit 0 means healthy")
+    p.add_argument(
+        "--ca-bundle",
+        default=None,
+        help="PEM CA certificate(s) the agent verifies an https server with (copied to OUT)",
+    )
     p.set_defaults(func=cmd_provision)
+
+    p = dsub.add_parser(
+        "register", help="register a key generated on the device; the device stays pending"
+    )
+    p.add_argument("device_id", metavar="DEVICE_ID")
+    p.add_argument("--hardware", required=True, help="the device's hardware id (product line)")
+    p.add_argument(
+        "--pubkey", required=True, help="the device's public key: device.pub (JSON) or PEM"
+    )
+    p.add_argument("--tags", default="", help="comma-separated cohort tags")
+    add_repo_arguments(p)
+    p.set_defaults(func=cmd_register)
+
+    for action, status, text in (
+        ("accept", "accepted", "let a pending device report"),
+        ("revoke", "revoked", "refuse every further report of a device, for good"),
+    ):
+        p = dsub.add_parser(action, help=text)
+        p.add_argument("device_id", metavar="DEVICE_ID")
+        p.add_argument("--reason", default="", help="recorded in the device's history")
+        add_repo_arguments(p)
+        p.set_defaults(func=cmd_status, status=status)
+
+    p = dsub.add_parser("list", help="registered devices with their status and key id")
+    add_repo_arguments(p)
+    p.add_argument("--status", default=None, choices=DEVICE_STATUSES)
+    p.add_argument("--hardware", default=None)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
 
 
 def provision_device(
@@ -51,6 +106,7 @@ def provision_device(
     factory_version: str | None = None,
     poll_interval: float = 300.0,
     health_command: str = "",
+    ca_bundle: Path | None = None,
 ) -> Path:
     """Create the device's key pair, register it as accepted, write ``out/agent.toml``.
 
@@ -71,6 +127,7 @@ def provision_device(
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty")
+    ca_pem = _read_ca_bundle(ca_bundle) if ca_bundle is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     signer = CryptoSigner.generate_ed25519()
     public = {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
@@ -82,6 +139,8 @@ def provision_device(
             f.write(signer.private_bytes)
         (work / "device.pub").write_text(json.dumps(public, indent=1) + "\n")
         (work / "root.json").write_bytes(repo.trusted_root())
+        if ca_pem is not None:
+            (work / "ca.pem").write_bytes(ca_pem)
         (work / "agent.toml").write_text(
             render_agent_config(
                 device_id=device_id,
@@ -90,6 +149,7 @@ def provision_device(
                 tags=tags,
                 poll_interval=poll_interval,
                 health_command=health_command,
+                ca_bundle="ca.pem" if ca_pem is not None else "",
             )
         )
         init_slots(work / "slots", factory_version)
@@ -112,9 +172,32 @@ def provision_device(
     return out / "agent.toml"
 
 
+def _read_ca_bundle(path: Path) -> bytes:
+    """The CA bundle's bytes, checked to hold at least one PEM certificate.
+
+    Raises:
+        NotFoundError: the file does not exist.
+        InputError: it holds no certificate.
+    """
+    from cryptography.x509 import load_pem_x509_certificates
+
+    if not path.is_file():
+        raise NotFoundError(f"CA bundle {path} does not exist")
+    data = path.read_bytes()
+    try:
+        load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise InputError(f"CA bundle {path} holds no PEM certificate: {e}") from None
+    return data
+
+
+def _tags(text: str) -> list[str]:
+    return [check_tag(t.strip()) for t in text.split(",") if t.strip()]
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
-    tags = [t.strip() for t in args.tags.split(",") if t.strip()]
-    repo = open_repo(args.repo)
+    tags = _tags(args.tags)
+    repo = open_repository(args)
     if args.factory_version is not None:
         from tufota_core import Version
 
@@ -129,8 +212,73 @@ def cmd_provision(args: argparse.Namespace) -> int:
         args.factory_version,
         args.poll_interval,
         args.health_command,
+        Path(args.ca_bundle) if args.ca_bundle else None,
     )
     print(
         f"provisioned {args.device_id} ({args.hardware}); run: tufota-agent run --config {config}"
     )
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    check_device_id(args.device_id)
+    check_hardware_id(args.hardware)
+    tags = _tags(args.tags)
+    path = Path(args.pubkey)
+    if not path.is_file():
+        raise NotFoundError(f"public key file {path} does not exist")
+    if path.stat().st_size > MAX_PUBKEY_FILE:
+        raise InputError(f"{path} is larger than {MAX_PUBKEY_FILE} bytes; not a public key")
+    repo = open_repository(args)
+    try:
+        key = parse_public_key(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text (PEM or JSON) public key") from None
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from e
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        device = register_device(store, repo.storage, args.device_id, args.hardware, key, tags)
+    print(
+        f"registered {device.device_id} ({device.hardware_id}), key "
+        f"{device.public_key['keyid'][:16]}: pending; accept it with "
+        f"'tufota device accept {device.device_id} --repo {args.repo}'"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        changed = set_device_status(store, args.device_id, args.status, args.reason)
+    print(f"{args.device_id}: {args.status}" + ("" if changed else " (already)"))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    if args.hardware:
+        check_hardware_id(args.hardware)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        devices = [
+            d
+            for d in store.list_devices(args.hardware)
+            if args.status is None or d.status == args.status
+        ]
+    if args.json:
+        print_json({"devices": [device_json(d) for d in devices]})
+    elif not devices:
+        print("no devices")
+    else:
+        rows = [
+            [
+                d.device_id,
+                d.hardware_id,
+                d.status,
+                str(d.public_key.get("keyid", ""))[:16],
+                ",".join(d.tags),
+                d.installed_version,
+            ]
+            for d in devices
+        ]
+        print(table(["device", "hardware", "status", "key", "tags", "version"], rows))
     return 0
