@@ -1,4 +1,4 @@
-"""Staged rollouts: the tracker store and the rollout controller.
+"""Staged rollouts: tracker store, controller and gates, stall detection, alerts, patch status.
 
 The tracker store (``TrackerStore``, default ``SqliteTrackerStore``) keeps
 registered devices, what their last signed report said, rollouts and a
@@ -14,41 +14,108 @@ Invariants:
   and is retried until the published document is the latest revision.
 * Every state change is one transaction with a recorded reason.
 
-Only ``tufota_core`` and the standard library are imported.
+* Each alert condition (paused rollout, a device's stall, expiring online
+  metadata, an unpatched CVSS >= 7 fix) opens one alert and resolves it once.
+
+Only ``tufota_core`` and the standard library are imported (``boto3`` lazily,
+for the SNS sink).
 """
 
+from staging._alerts import (
+    ALERT_KINDS,
+    SINK_KINDS,
+    STALL_KINDS,
+    Alert,
+    AlertDraft,
+    AlertSettings,
+    Notification,
+    SinkSpec,
+)
+from staging._alerts import SEVERITIES as ALERT_SEVERITIES
 from staging._config import StagingConfig
-from staging._controller import RolloutController, RolloutPublisher, new_rollout_id
+from staging._controller import (
+    ONLINE_ROLES,
+    RolloutController,
+    RolloutPublisher,
+    TickReport,
+    new_rollout_id,
+)
 from staging._errors import ReplayError, StoreError
 from staging._model import (
     DEVICE_STATUSES,
     EVENT_KINDS,
     DeviceRecord,
     Event,
+    NewDevice,
     RolloutOptions,
     RolloutRecord,
 )
-from staging._progress import DeviceSummary, FleetStatus, RolloutStatus, WaveStatus
+from staging._patch import EXPOSURES, Fix, Release, ReleaseCatalog
+from staging._plan import PRESETS, Preset, build_plan, is_critical, parse_duration, parse_fraction
+from staging._progress import (
+    DeviceSummary,
+    FleetStatus,
+    RolloutCounts,
+    RolloutStatus,
+    WaveStatus,
+    evaluate,
+)
+from staging._sinks import AlertSink, LogSink, SnsSink, WebhookSink, build_sink
 from staging._sqlite import SqliteTrackerStore
+from staging._stalls import Finding, find_stall
 from staging._store import TrackerStore
+from staging._window import MaintenanceWindow, check_window
 
 __all__ = [
+    "ALERT_KINDS",
+    "ALERT_SEVERITIES",
     "DEVICE_STATUSES",
     "EVENT_KINDS",
+    "EXPOSURES",
+    "ONLINE_ROLES",
+    "PRESETS",
+    "SINK_KINDS",
+    "STALL_KINDS",
+    "Alert",
+    "AlertDraft",
+    "AlertSettings",
+    "AlertSink",
     "DeviceRecord",
     "DeviceSummary",
     "Event",
+    "Finding",
+    "Fix",
     "FleetStatus",
+    "LogSink",
+    "MaintenanceWindow",
+    "NewDevice",
+    "Notification",
+    "Preset",
+    "Release",
+    "ReleaseCatalog",
     "ReplayError",
     "RolloutController",
+    "RolloutCounts",
     "RolloutOptions",
     "RolloutPublisher",
     "RolloutRecord",
     "RolloutStatus",
+    "SinkSpec",
+    "SnsSink",
     "SqliteTrackerStore",
     "StagingConfig",
     "StoreError",
+    "TickReport",
     "TrackerStore",
     "WaveStatus",
+    "WebhookSink",
+    "build_plan",
+    "build_sink",
+    "check_window",
+    "evaluate",
+    "find_stall",
+    "is_critical",
     "new_rollout_id",
+    "parse_duration",
+    "parse_fraction",
 ]

@@ -24,6 +24,15 @@ class StagingConfig:
         history_limit: most events ``device_history``/``rollout_history`` return.
         max_steps_per_tick: most wave changes one rollout makes in one ``tick``
             (several happen only when waves hold no devices of their own).
+        max_findings_per_rollout: most stalled devices one tick examines per
+            rollout (the rest are found once these recover or resolve).
+        notification_attempts: tries per alert notification across ticks
+            before it is given up (and logged as lost).
+        notification_backoff_seconds: wait before the second try across ticks;
+            doubles with each further try, capped at one hour.
+        notifications_per_tick: most notifications one tick delivers.
+        fleet_check_seconds: least time between two runs of the fleet-wide
+            monitors (metadata expiry, unpatched vulnerabilities).
     """
 
     busy_timeout_seconds: float = 10.0
@@ -32,16 +41,26 @@ class StagingConfig:
     max_reason_length: int = 1024
     history_limit: int = 1000
     max_steps_per_tick: int = 32
+    max_findings_per_rollout: int = 10_000
+    notification_attempts: int = 8
+    notification_backoff_seconds: float = 30.0
+    notifications_per_tick: int = 500
+    fleet_check_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.busy_timeout_seconds < 0:
             raise InputError("busy_timeout_seconds must be >= 0")
+        if self.notification_backoff_seconds < 0 or self.fleet_check_seconds < 0:
+            raise InputError("notification backoff and fleet check times must be >= 0")
         for name in (
             "max_tags",
             "max_public_key_bytes",
             "max_reason_length",
             "history_limit",
             "max_steps_per_tick",
+            "max_findings_per_rollout",
+            "notification_attempts",
+            "notifications_per_tick",
         ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1")

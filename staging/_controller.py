@@ -15,7 +15,15 @@ Invariants:
 * Transitions: active -> paused | aborted | completed, and active -> active at
   the next wave; paused -> active | aborted. ``aborted`` and ``completed`` are
   final. Anything else raises ``ConflictError`` and changes nothing.
-* The gates themselves are decided by the pure ``staging._progress.evaluate``.
+* The gates themselves are decided by the pure ``staging._progress.judge`` over
+  counts the store aggregates (SQL in ``SqliteTrackerStore``), so a tick costs
+  one indexed scan per live rollout, not a Python loop over every device.
+* Monitors (paused rollouts, the four stall findings, online metadata close to
+  expiry, unpatched CVSS >= 7 fixes) only *state* which alerts should be open;
+  the store de-duplicates by key, so each condition alerts once and resolves
+  once. A failing monitor or sink is logged and never stops the tick.
+* Each tick ends by delivering due notifications (``deliver``); a sink that
+  fails is skipped for the rest of that round and retried with backoff.
 """
 
 from __future__ import annotations
@@ -24,12 +32,18 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Protocol
 
+from staging._alerts import STALL_KINDS, Alert, AlertDraft, AlertSettings, SinkSpec
 from staging._config import StagingConfig
 from staging._model import Event, RolloutOptions, RolloutRecord
-from staging._progress import FleetStatus, RolloutStatus, evaluate, fleet
+from staging._patch import ReleaseCatalog
+from staging._progress import FleetStatus, RolloutStatus, fleet, judge
+from staging._sinks import AlertSink, LogSink, build_sink
+from staging._stalls import find_stall
 from staging._store import TrackerStore
 from tufota_core import (
     ConflictError,
@@ -47,6 +61,30 @@ logger = logging.getLogger(__name__)
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _PUBLISH_ATTEMPTS = 3
+ONLINE_ROLES = ("timestamp", "snapshot", "rollouts")
+_FINAL = ("aborted", "completed")
+
+
+@dataclass
+class TickReport:
+    """What one ``tick`` did, for logs, the CLI and tests."""
+
+    events: list[Event] = field(default_factory=list)
+    opened: list[Alert] = field(default_factory=list)
+    resolved: list[Alert] = field(default_factory=list)
+    delivered: int = 0
+    failed_deliveries: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "events": [e.to_json() for e in self.events],
+            "alerts_opened": [a.to_json() for a in self.opened],
+            "alerts_resolved": [a.to_json() for a in self.resolved],
+            "notifications_delivered": self.delivered,
+            "notifications_failed": self.failed_deliveries,
+            "errors": list(self.errors),
+        }
 
 
 class RolloutPublisher(Protocol):
@@ -78,6 +116,10 @@ class RolloutController:
             pausing a rollout that the server's controller then publishes).
         clock: the current time (timezone-aware UTC); patch it in tests.
         config: limits; ``StagingConfig()`` when None.
+        sink_factory: builds a sink from its stored spec (tests inject fakes).
+        expiries: when each published role expires (``Publisher.expiries``);
+            None disables the metadata-expiry monitor.
+        releases: the signed release catalog; None disables the patch monitor.
     """
 
     def __init__(
@@ -86,11 +128,42 @@ class RolloutController:
         publisher: RolloutPublisher | None,
         clock: Callable[[], datetime] = utcnow,
         config: StagingConfig | None = None,
+        *,
+        sink_factory: Callable[[SinkSpec], AlertSink] = build_sink,
+        expiries: Callable[[], Mapping[str, datetime]] | None = None,
+        releases: Callable[[], ReleaseCatalog] | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._clock = clock
         self._config = config or StagingConfig()
+        self._sink_factory = sink_factory
+        self._expiries = expiries
+        self._releases = releases
+        self._sinks: dict[SinkSpec, AlertSink] = {}
+        self._fleet_checked: datetime | None = None
+        self.last_tick = TickReport()
+
+    def now(self) -> datetime:
+        """The controller's clock (timezone-aware UTC)."""
+        return self._clock()
+
+    @property
+    def store(self) -> TrackerStore:
+        """The tracker store this controller drives."""
+        return self._store
+
+    def attach_repository(
+        self,
+        *,
+        expiries: Callable[[], Mapping[str, datetime]] | None = None,
+        releases: Callable[[], ReleaseCatalog] | None = None,
+    ) -> None:
+        """Give the fleet-wide monitors their sources (the server does this at start)."""
+        if expiries is not None:
+            self._expiries = expiries
+        if releases is not None:
+            self._releases = releases
 
     # -- operator actions --------------------------------------------------------
 
@@ -234,12 +307,15 @@ class RolloutController:
             at=self._clock(),
         )
         self._log(changed, kind, reason)
-        return self._publish(changed)
+        self._guard("rollout alerts", lambda: self._watch_rollout(changed, self._clock()))
+        doc = self._publish(changed)
+        self._guard("alert delivery", self.deliver)
+        return doc
 
     # -- the loop ------------------------------------------------------------------
 
     def tick(self) -> list[Event]:
-        """Judge every active rollout's gate once, act on it, and publish what is pending.
+        """Judge every active rollout's gate once, act on it, watch, alert, publish.
 
         An active rollout pauses when its failure gate trips, moves to its next
         wave when its success gate opens, and completes when its last wave's
@@ -247,60 +323,319 @@ class RolloutController:
         waves hold no devices of their own (see ``staging._progress``), at most
         ``StagingConfig.max_steps_per_tick``. A rollout changed concurrently by
         another process is skipped until the next tick. Publishing failures
-        are logged and retried on the next tick.
+        are logged and retried on the next tick. Then the monitors run and due
+        alert notifications are delivered; ``last_tick`` tells what happened.
 
         Returns:
             The rollout events this tick recorded, in order.
         """
-        events: list[Event] = []
+        report = TickReport()
+        self.last_tick = report
+        with_alerts = {a.rollout_id for a in self._store.list_alerts(open_only=True)}
         for rollout in self._store.list_rollouts():
             if rollout.state == "active":
                 try:
-                    events.extend(self._step(rollout))
+                    report.events.extend(self._step(rollout))
                 except ConflictError as e:
                     logger.debug("rollout %s skipped this tick: %s", rollout.rollout_id, e)
-            if self._publisher is not None:
-                latest = rollout
-                if rollout.state == "active":  # this tick may have changed it
-                    latest = self._store.get_rollout(rollout.rollout_id)
-                if latest.published_revision < latest.revision:
-                    try:
-                        self._publish(latest)
-                    except TufotaError as e:
-                        logger.warning(
-                            "publishing rollout %s failed, retrying next tick: %s",
-                            rollout.rollout_id,
-                            e,
-                        )
-        return events
+            latest = rollout
+            if rollout.state == "active":  # this tick may have changed it
+                latest = self._store.get_rollout(rollout.rollout_id)
+            if self._publisher is not None and latest.published_revision < latest.revision:
+                try:
+                    self._publish(latest)
+                except TufotaError as e:
+                    logger.warning(
+                        "publishing rollout %s failed, retrying next tick: %s",
+                        rollout.rollout_id,
+                        e,
+                    )
+            if latest.live or latest.rollout_id in with_alerts:
+                self._watch_guarded(latest)
+        now = self._clock()
+        due = self._fleet_checked is None or now - self._fleet_checked >= timedelta(
+            seconds=self._config.fleet_check_seconds
+        )
+        if due:
+            self._fleet_checked = now
+            self._guard("metadata expiry check", lambda: self._watch_expiry(now))
+            self._guard("patch status check", lambda: self._watch_patches(now))
+        self._guard("alert delivery", self.deliver)
+        return report.events
+
+    def _watch_guarded(self, rollout: RolloutRecord) -> None:
+        now = self._clock()
+        self._guard(
+            f"watching rollout {rollout.rollout_id}", lambda: self._watch_rollout(rollout, now)
+        )
+
+    def _guard(self, what: str, work: Callable[[], object]) -> None:
+        """Run one monitor; log its failure and go on (a monitor never stops the tick)."""
+        try:
+            work()
+        except TufotaError as e:
+            logger.warning("%s failed: %s", what, e)
+            self.last_tick.errors.append(f"{what}: {e}")
+
+    def _settings(self) -> AlertSettings:
+        return self._store.get_alert_settings()
+
+    def _sync(
+        self,
+        scope: str,
+        drafts: list[AlertDraft],
+        now: datetime,
+        resolution: str,
+        resolve_missing: bool = True,
+    ) -> None:
+        opened, resolved = self._store.sync_alerts(
+            scope,
+            drafts,
+            at=now,
+            sinks=self._settings().sinks,
+            resolution=resolution,
+            resolve_missing=resolve_missing,
+        )
+        self.last_tick.opened.extend(opened)
+        self.last_tick.resolved.extend(resolved)
+        for alert in opened:
+            logger.info("alert opened: [%s] %s", alert.kind, alert.summary)
+        for alert in resolved:
+            logger.info("alert resolved: [%s] %s (%s)", alert.kind, alert.summary, resolution)
+
+    # -- monitors ----------------------------------------------------------------------
+
+    def _watch_rollout(self, rollout: RolloutRecord, now: datetime) -> None:
+        """Alerts of one rollout: paused, and one stall finding per device."""
+        rid = rollout.rollout_id
+        paused_scope = f"rollout:{rid}:paused"
+        stall_scope = f"rollout:{rid}:stall:"
+        if rollout.state in _FINAL:
+            self._sync(paused_scope, [], now, f"rollout {rollout.state}")
+            self._sync(stall_scope, [], now, f"rollout {rollout.state}")
+            return
+        paused: list[AlertDraft] = []
+        if rollout.state == "paused":
+            at_wave = rollout.waves[rollout.current_wave]
+            paused.append(
+                AlertDraft(
+                    key=paused_scope,
+                    kind="rollout_paused",
+                    severity="critical",
+                    summary=(
+                        f"rollout {rid} ({rollout.hardware_id} {rollout.version}) paused at "
+                        f"wave {rollout.current_wave + 1}/{len(rollout.waves)} '{at_wave.name}': "
+                        f"{rollout.reason}"
+                    ),
+                    hardware_id=rollout.hardware_id,
+                    rollout_id=rid,
+                    details={
+                        "reason": rollout.reason,
+                        "wave": rollout.current_wave,
+                        "wave_name": at_wave.name,
+                        "version": rollout.version,
+                    },
+                )
+            )
+        self._sync(paused_scope, paused, now, f"rollout {rollout.state}: {rollout.reason}")
+        candidates = self._store.stall_candidates(rollout, now)
+        complete = len(candidates) < self._config.max_findings_per_rollout
+        drafts = []
+        for wave, device in candidates:
+            finding = find_stall(rollout, wave, device, now)
+            if finding is None:
+                continue
+            drafts.append(
+                AlertDraft(
+                    key=f"{stall_scope}{device.device_id}",
+                    kind=finding.kind,
+                    severity="warning",
+                    summary=finding.text,
+                    hardware_id=rollout.hardware_id,
+                    rollout_id=rid,
+                    device_id=device.device_id,
+                    details={
+                        "wave": wave,
+                        "wave_name": rollout.waves[wave].name,
+                        "since": format_time(finding.since),
+                        "state": device.state,
+                        "last_seen": None
+                        if device.last_seen is None
+                        else format_time(device.last_seen),
+                        "bytes_done": device.bytes_done,
+                        "bytes_total": device.bytes_total,
+                        "version": rollout.version,
+                    },
+                )
+            )
+        self._sync(stall_scope, drafts, now, "the device reported progress again", complete)
+
+    def _watch_expiry(self, now: datetime) -> None:
+        """``metadata_expiring`` for each online role expiring within the margin."""
+        if self._expiries is None:
+            return
+        margin = timedelta(seconds=self._settings().expiry_margin_seconds)
+        drafts = []
+        for role, expires in sorted(self._expiries().items()):
+            if role not in ONLINE_ROLES or expires - now > margin:
+                continue
+            expired = expires <= now
+            drafts.append(
+                AlertDraft(
+                    key=f"expiry:{role}",
+                    kind="metadata_expiring",
+                    severity="critical" if expired else "warning",
+                    summary=(
+                        f"online {role} metadata {'expired' if expired else 'expires'} at "
+                        f"{format_time(expires)}; devices refuse updates once it has expired "
+                        "(is the server's online refresh running?)"
+                    ),
+                    details={"role": role, "expires": format_time(expires)},
+                )
+            )
+        self._sync("expiry:", drafts, now, "re-signed")
+
+    def _watch_patches(self, now: datetime) -> None:
+        """``unpatched_vulnerability`` per (hardware id, CVE) past its grace time."""
+        if self._releases is None:
+            return
+        settings = self._settings()
+        catalog = self._releases()
+        grace = timedelta(seconds=settings.patch_grace_seconds)
+        counts = self._store.version_counts()
+        drafts = []
+        for hw in sorted(catalog.releases):
+            versions = {v: n for (h, v), n in counts.items() if h == hw and v is not None}
+            for fix in catalog.fixes(hw):
+                if fix.cvss is None or fix.cvss < settings.patch_min_cvss:
+                    continue
+                if fix.released_at is None or fix.released_at + grace > now:
+                    continue
+                fixed = Version.parse(fix.fixed_in)
+                lacking = [v for v in versions if Version.parse(v) < fixed]
+                total = sum(versions[v] for v in lacking)
+                if not total:
+                    continue
+                sample = self._store.devices_on_versions(hw, lacking, 20)
+                age = (now - fix.released_at).days
+                drafts.append(
+                    AlertDraft(
+                        key=f"patch:{hw}:{fix.cve}",
+                        kind="unpatched_vulnerability",
+                        severity="critical" if fix.cvss >= 9.0 else "warning",
+                        summary=(
+                            f"{total} {hw} device{'s' if total != 1 else ''} still lack "
+                            f"{fix.cve} (CVSS {fix.cvss:.1f}), fixed in {fix.fixed_in} "
+                            f"released {age} day{'s' if age != 1 else ''} ago"
+                        ),
+                        hardware_id=hw,
+                        details={
+                            "cve": fix.cve,
+                            "cvss": fix.cvss,
+                            "fixed_in": fix.fixed_in,
+                            "released": format_time(fix.released_at),
+                            "devices": total,
+                            "by_version": {v: versions[v] for v in sorted(lacking)},
+                            "sample": sample,
+                        },
+                    )
+                )
+        self._sync("patch:", drafts, now, "every device has the fix (or was revoked)")
+
+    # -- delivery --------------------------------------------------------------------------
+
+    def deliver(self) -> tuple[int, int]:
+        """Send due notifications to their sinks.
+
+        A sink that fails is skipped for the rest of this round; each failed
+        notification is retried with exponential backoff up to
+        ``StagingConfig.notification_attempts`` tries, then given up and logged.
+
+        Returns:
+            (delivered, failed) counts of this round.
+        """
+        now = self._clock()
+        specs = {s.name: s for s in self._settings().sinks}
+        broken: set[str] = set()
+        delivered = failed = 0
+        for note in self._store.due_notifications(now, self._config.notifications_per_tick):
+            if note.sink in broken:
+                self._store.finish_notification(
+                    note.notification_id, at=now, error="sink failing", retry_at=now
+                )
+                continue
+            try:
+                self._sink(note.sink, specs).send(note)
+            except TufotaError as e:
+                failed += 1
+                broken.add(note.sink)
+                attempts = note.attempts + 1
+                retry = None
+                if attempts < self._config.notification_attempts:
+                    delay = min(
+                        3600.0, self._config.notification_backoff_seconds * 2 ** (attempts - 1)
+                    )
+                    retry = now + timedelta(seconds=delay)
+                    logger.warning("alert sink %s failed (try %d): %s", note.sink, attempts, e)
+                else:
+                    logger.error(
+                        "alert %d notification to %s given up after %d tries: %s",
+                        note.alert.alert_id,
+                        note.sink,
+                        attempts,
+                        e,
+                    )
+                self._store.finish_notification(
+                    note.notification_id, at=now, error=str(e) or type(e).__name__, retry_at=retry
+                )
+                continue
+            delivered += 1
+            self._store.finish_notification(note.notification_id, at=now)
+        self.last_tick.delivered += delivered
+        self.last_tick.failed_deliveries += failed
+        return delivered, failed
+
+    def _sink(self, name: str, specs: Mapping[str, SinkSpec]) -> AlertSink:
+        if name == "log":
+            return LogSink()
+        spec = specs.get(name)
+        if spec is None:
+            raise ConflictError(f"alert sink {name} is no longer configured")
+        sink = self._sinks.get(spec)
+        if sink is None:
+            sink = self._sink_factory(spec)
+            self._sinks[spec] = sink
+        return sink
 
     def _step(self, rollout: RolloutRecord) -> list[Event]:
-        devices = self._store.list_devices(rollout.hardware_id)
+        counts = self._store.rollout_counts(rollout)
         events: list[Event] = []
         for _ in range(self._config.max_steps_per_tick):
             if rollout.state != "active":
                 break
             now = self._clock()
-            _, gate = evaluate(rollout, devices, now)
+            _, gate = judge(rollout, counts, now)
             if gate.failing:
-                state, kind, wave = "paused", "paused", rollout.current_wave
+                state, kind, next_wave = "paused", "paused", rollout.current_wave
             elif not gate.ready:
                 break
             elif rollout.current_wave + 1 == len(rollout.waves):
-                state, kind, wave = "completed", "completed", rollout.current_wave
+                state, kind, next_wave = "completed", "completed", rollout.current_wave
             else:
-                state, kind, wave = "active", "wave_advanced", rollout.current_wave + 1
+                state, kind, next_wave = "active", "wave_advanced", rollout.current_wave + 1
             rollout, event = self._store.update_rollout_state(
                 rollout.rollout_id,
                 expected_revision=rollout.revision,
                 state=state,
-                current_wave=wave,
+                current_wave=next_wave,
                 kind=kind,
                 reason=gate.text,
                 at=now,
             )
             self._log(rollout, kind, gate.text)
             events.append(event)
+            if kind in ("paused", "completed"):
+                self._guard("rollout alerts", partial(self._watch_rollout, rollout, now))
         return events
 
     # -- reading -------------------------------------------------------------------
@@ -312,21 +647,27 @@ class RolloutController:
             NotFoundError: no such rollout.
         """
         rollout = self._store.get_rollout(rollout_id)
-        devices = self._store.list_devices(rollout.hardware_id)
-        status, _ = evaluate(rollout, devices, self._clock())
-        return status
+        status, _ = judge(rollout, self._store.rollout_counts(rollout), self._clock())
+        stalls = dict.fromkeys(STALL_KINDS, 0)
+        for alert in self._store.list_alerts(open_only=True, rollout_id=rollout_id):
+            if alert.kind in stalls:
+                stalls[alert.kind] += 1
+        return replace(status, stalls=stalls)
 
     def fleet_status(
         self,
         hardware_id: str | None = None,
         latest_versions: Mapping[str, str] | None = None,
+        catalog: ReleaseCatalog | None = None,
     ) -> FleetStatus:
-        """Every device's version, state and last contact, with summary counts.
+        """Every device's version, state, last contact and patch status, with summaries.
 
         Args:
             hardware_id: only this product line; all when None.
             latest_versions: newest released version per hardware id; devices
                 below it count as outdated.
+            catalog: signed releases, for missing fixes and exposure (the
+                controller's release source when None and one is attached).
 
         Raises:
             InputError: a version in ``latest_versions`` is not semantic.
@@ -334,7 +675,10 @@ class RolloutController:
         if latest_versions:
             for version in latest_versions.values():
                 Version.parse(version)
-        return fleet(hardware_id, self._store.list_devices(hardware_id), latest_versions)
+        if catalog is None and self._releases is not None:
+            catalog = self._releases()
+        devices = self._store.list_devices(hardware_id)
+        return fleet(hardware_id, devices, latest_versions, catalog)
 
     def doc_for(self, rollout: RolloutRecord | str) -> RolloutDoc:
         """The rollout document for a rollout (or rollout id) as the store has it now.
@@ -351,6 +695,7 @@ class RolloutController:
             waves=record.waves,
             current_wave=record.current_wave,
             state=record.state,
+            maintenance_window=record.options.maintenance_window,
             updated=format_time(record.updated_at),
         )
 

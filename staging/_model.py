@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from staging._window import check_window
 from tufota_core import InputError, Wave, format_time
 
 DEVICE_STATUSES = ("pending", "accepted", "revoked")
@@ -39,7 +40,7 @@ def _time(moment: datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class RolloutOptions:
-    """The gates of a rollout.
+    """The gates and stall limits of a rollout.
 
     Attributes:
         success_threshold: fraction (0-1] of eligible devices in the waves so far
@@ -49,12 +50,28 @@ class RolloutOptions:
         soak_seconds: least time a wave stays open before the next one may open.
         min_devices: least number of devices that must have succeeded before the
             gate opens; when fewer devices are eligible, all of them must succeed.
+        stall_timeout_seconds: a device downloading without progress this long,
+            or eligible this long without checking in, is stalled.
+        reboot_timeout_seconds: a device installing, rebooting or verifying
+            this long has not come back from its reboot.
+        poll_interval_seconds: how often devices poll; with ``silent_polls``
+            it decides when a device is silent.
+        silent_polls: a device not heard from for this many poll intervals is silent.
+        maintenance_window: canonical ``DAYS HH:MM-HH:MM UTC`` text (see
+            ``staging._window``), or None for "any time".
+        preset: the preset the plan started from (``standard``, ``critical``), or "".
     """
 
     success_threshold: float = 0.95
     failure_threshold: float = 0.05
     soak_seconds: int = 0
     min_devices: int = 0
+    stall_timeout_seconds: int = 1200
+    reboot_timeout_seconds: int = 900
+    poll_interval_seconds: int = 300
+    silent_polls: int = 3
+    maintenance_window: str | None = None
+    preset: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.success_threshold <= 1.0:
@@ -65,6 +82,22 @@ class RolloutOptions:
             raise InputError(f"soak time {self.soak_seconds} s must be >= 0")
         if isinstance(self.min_devices, bool) or self.min_devices < 0:
             raise InputError(f"minimum device count {self.min_devices} must be >= 0")
+        for name in ("stall_timeout_seconds", "reboot_timeout_seconds", "poll_interval_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not 1 <= value <= 30 * 86400:
+                raise InputError(f"{name.replace('_', ' ')} {value} is outside 1 s - 30 days")
+        if isinstance(self.silent_polls, bool) or not 1 <= self.silent_polls <= 1000:
+            raise InputError(f"silent polls {self.silent_polls} is outside 1-1000")
+        window = self.maintenance_window
+        if window is not None and check_window(window) != window:
+            raise InputError(f"maintenance window {window!r} is not in canonical form")
+        if len(self.preset) > 32:
+            raise InputError("preset name is too long")
+
+    @property
+    def silent_seconds(self) -> int:
+        """Seconds without any report after which a device is silent."""
+        return self.poll_interval_seconds * self.silent_polls
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +105,12 @@ class RolloutOptions:
             "failure_threshold": self.failure_threshold,
             "soak_seconds": self.soak_seconds,
             "min_devices": self.min_devices,
+            "stall_timeout_seconds": self.stall_timeout_seconds,
+            "reboot_timeout_seconds": self.reboot_timeout_seconds,
+            "poll_interval_seconds": self.poll_interval_seconds,
+            "silent_polls": self.silent_polls,
+            "maintenance_window": self.maintenance_window,
+            "preset": self.preset,
         }
 
     @classmethod
@@ -81,18 +120,61 @@ class RolloutOptions:
         Raises:
             InputError: an unknown field or a value out of range.
         """
+        if not isinstance(data, Mapping):
+            raise InputError("rollout options must be a JSON object")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"unknown rollout options: {', '.join(sorted(unknown))}")
+        defaults = cls()
         try:
+            window = data.get("maintenance_window")
+            ints: dict[str, int] = {}
+            for name in (
+                "soak_seconds",
+                "min_devices",
+                "stall_timeout_seconds",
+                "reboot_timeout_seconds",
+                "poll_interval_seconds",
+                "silent_polls",
+            ):
+                value = data.get(name, getattr(defaults, name))
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TypeError(f"{name} must be a number")
+                if int(value) != value:
+                    raise ValueError(f"{name} must be a whole number")
+                ints[name] = int(value)
+            fractions: dict[str, float] = {}
+            for name in ("success_threshold", "failure_threshold"):
+                value = data.get(name, getattr(defaults, name))
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TypeError(f"{name} must be a number")
+                fractions[name] = float(value)
             return cls(
-                success_threshold=float(data.get("success_threshold", 0.95)),
-                failure_threshold=float(data.get("failure_threshold", 0.05)),
-                soak_seconds=int(data.get("soak_seconds", 0)),
-                min_devices=int(data.get("min_devices", 0)),
+                success_threshold=fractions["success_threshold"],
+                failure_threshold=fractions["failure_threshold"],
+                soak_seconds=ints["soak_seconds"],
+                min_devices=ints["min_devices"],
+                stall_timeout_seconds=ints["stall_timeout_seconds"],
+                reboot_timeout_seconds=ints["reboot_timeout_seconds"],
+                poll_interval_seconds=ints["poll_interval_seconds"],
+                silent_polls=ints["silent_polls"],
+                maintenance_window=None if window is None else str(window),
+                preset=str(data.get("preset", "")),
             )
         except (TypeError, ValueError) as e:
             raise InputError(f"rollout options are malformed: {e}") from e
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    """A device to register in bulk (``TrackerStore.register_devices``)."""
+
+    device_id: str
+    hardware_id: str
+    public_key: Mapping[str, Any] = field(compare=False)
+    tags: tuple[str, ...] = ()
+    status: str = "accepted"
+    installed_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +185,8 @@ class DeviceRecord:
     ``rollout_id`` are what the device last said it was working towards. The
     ``failed_*`` fields keep the last ``failed``/``rolled_back`` report even after
     later heartbeats, so a failure is not forgotten when the device goes idle.
+    ``state_since`` is when ``state`` last changed; ``progress_at`` is when the
+    state or ``bytes_done`` last changed (stall detection reads both).
     """
 
     device_id: str
@@ -123,6 +207,10 @@ class DeviceRecord:
     failed_version: str | None = None
     failed_rollout_id: str | None = None
     failed_at: datetime | None = None
+    state_since: datetime | None = None
+    progress_at: datetime | None = None
+    bytes_done: int = 0
+    bytes_total: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +232,10 @@ class DeviceRecord:
             "failed_version": self.failed_version,
             "failed_rollout_id": self.failed_rollout_id,
             "failed_at": _time(self.failed_at),
+            "state_since": _time(self.state_since),
+            "progress_at": _time(self.progress_at),
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
         }
 
 
@@ -155,6 +247,7 @@ class RolloutRecord:
     revision whose document the publisher last accepted. ``failures_since`` is
     when the rollout last became active: failures reported before it no longer
     pause the rollout (so a resume is not undone by old failures).
+    ``wave_opened_at[k]`` is when wave k opened, for the waves opened so far.
     """
 
     rollout_id: str
@@ -172,6 +265,13 @@ class RolloutRecord:
     failures_since: datetime
     revision: int
     published_revision: int
+    wave_opened_at: tuple[datetime, ...] = ()
+
+    def opened_at(self, wave: int) -> datetime:
+        """When ``wave`` opened (the rollout's start for wave 0 and unknown waves)."""
+        if 0 <= wave < len(self.wave_opened_at):
+            return self.wave_opened_at[wave]
+        return self.wave_started_at if wave == self.current_wave else self.created_at
 
     @property
     def live(self) -> bool:
@@ -195,6 +295,7 @@ class RolloutRecord:
             "failures_since": _time(self.failures_since),
             "revision": self.revision,
             "published_revision": self.published_revision,
+            "wave_opened_at": [format_time(t) for t in self.wave_opened_at],
         }
 
 

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from staging._model import DeviceRecord, RolloutOptions, RolloutRecord
+from staging._patch import EXPOSURES, ReleaseCatalog, exposure_of
 from tufota_core import Version, format_time, wave_index
 
 OUTCOMES = ("succeeded", "failed", "rolled_back", "downloading", "installed", "waiting")
@@ -122,6 +123,8 @@ class RolloutStatus:
     total: WaveStatus
     not_targeted: int
     gate: str
+    stalls: Mapping[str, int] = field(default_factory=dict)
+    wave_opened_at: tuple[datetime, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,33 +145,53 @@ class RolloutStatus:
             "total": self.total.to_json(),
             "not_targeted": self.not_targeted,
             "gate": self.gate,
+            "stalls": dict(self.stalls),
+            "maintenance_window": self.options.maintenance_window,
+            "wave_opened_at": [format_time(t) for t in self.wave_opened_at],
         }
 
 
-def _count(name: str, rollout: RolloutRecord, devices: Iterable[DeviceRecord]) -> WaveStatus:
+@dataclass(frozen=True)
+class RolloutCounts:
+    """What the gate needs, counted by the store (SQL) or by ``count_devices`` (Python).
+
+    Attributes:
+        waves: per-wave counts, in wave order.
+        recent_failures: per wave, devices whose failure for this rollout
+            happened at or after ``failures_since``.
+        not_targeted: devices of the hardware id in no wave.
+    """
+
+    waves: tuple[WaveStatus, ...]
+    recent_failures: tuple[int, ...]
+    not_targeted: int
+
+
+def _count(
+    name: str, rollout: RolloutRecord, devices: Iterable[DeviceRecord]
+) -> tuple[WaveStatus, int]:
     outcomes: Counter[str] = Counter()
-    eligible = checked_in = 0
+    eligible = checked_in = recent = 0
     for device in devices:
         eligible += 1
         if device.last_seen is not None and device.last_seen >= rollout.created_at:
             checked_in += 1
-        outcomes[classify(rollout, device)] += 1
-    return WaveStatus(name, eligible, checked_in, **{o: outcomes[o] for o in OUTCOMES})
+        outcome = classify(rollout, device)
+        outcomes[outcome] += 1
+        if (
+            outcome in ("failed", "rolled_back")
+            and device.failed_at is not None
+            and device.failed_at >= rollout.failures_since
+        ):
+            recent += 1
+    status = WaveStatus(name, eligible, checked_in, **{o: outcomes[o] for o in OUTCOMES})
+    return status, recent
 
 
-def _pct(part: int, whole: int) -> str:
-    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+def count_devices(rollout: RolloutRecord, devices: Iterable[DeviceRecord]) -> RolloutCounts:
+    """Count the rollout's devices per wave in Python (module rules 1-3).
 
-
-def evaluate(
-    rollout: RolloutRecord, devices: Iterable[DeviceRecord], now: datetime
-) -> tuple[RolloutStatus, Gate]:
-    """Count the rollout's devices per wave and judge its gate (module rules 1-4).
-
-    Args:
-        rollout: the rollout.
-        devices: devices to consider; other hardware ids and revoked ones are skipped.
-        now: the current time, for soak.
+    Devices of other hardware ids and revoked ones are skipped.
     """
     waves = list(rollout.waves)
     members: list[list[DeviceRecord]] = [[] for _ in waves]
@@ -181,9 +204,47 @@ def evaluate(
             not_targeted += 1
         else:
             members[index].append(device)
-    per_wave = tuple(_count(w.name, rollout, m) for w, m in zip(waves, members, strict=True))
-    total = _count("total", rollout, (d for m in members for d in m))
-    gate = _gate(rollout, members, per_wave, now)
+    counted = [_count(w.name, rollout, m) for w, m in zip(waves, members, strict=True)]
+    return RolloutCounts(
+        waves=tuple(c[0] for c in counted),
+        recent_failures=tuple(c[1] for c in counted),
+        not_targeted=not_targeted,
+    )
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _sum(name: str, waves: Iterable[WaveStatus]) -> WaveStatus:
+    total: Counter[str] = Counter()
+    for wave in waves:
+        for key, value in wave.to_json().items():
+            if key != "name":
+                total[key] += value
+    return WaveStatus(name, **total)
+
+
+def evaluate(
+    rollout: RolloutRecord, devices: Iterable[DeviceRecord], now: datetime
+) -> tuple[RolloutStatus, Gate]:
+    """Count the rollout's devices per wave and judge its gate (module rules 1-4).
+
+    Args:
+        rollout: the rollout.
+        devices: devices to consider; other hardware ids and revoked ones are skipped.
+        now: the current time, for soak.
+    """
+    return judge(rollout, count_devices(rollout, devices), now)
+
+
+def judge(
+    rollout: RolloutRecord, counts: RolloutCounts, now: datetime
+) -> tuple[RolloutStatus, Gate]:
+    """Judge the gate from counts (module rule 4) and build the status."""
+    per_wave = counts.waves
+    total = _sum("total", per_wave)
+    gate = _gate(rollout, counts, now)
     status = RolloutStatus(
         rollout_id=rollout.rollout_id,
         hardware_id=rollout.hardware_id,
@@ -199,18 +260,15 @@ def evaluate(
         published=rollout.published_revision >= rollout.revision,
         waves=per_wave,
         total=total,
-        not_targeted=not_targeted,
+        not_targeted=counts.not_targeted,
         gate=gate.text,
+        wave_opened_at=rollout.wave_opened_at,
     )
     return status, gate
 
 
-def _gate(
-    rollout: RolloutRecord,
-    members: list[list[DeviceRecord]],
-    per_wave: tuple[WaveStatus, ...],
-    now: datetime,
-) -> Gate:
+def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
+    per_wave = counts.waves
     current = rollout.current_wave
     wave = rollout.waves[current]
     if rollout.state == "completed":
@@ -219,20 +277,12 @@ def _gate(
         return Gate(False, False, f"{rollout.state}: {rollout.reason or 'no reason given'}")
 
     opts = rollout.options
-    open_devices = [d for m in members[: current + 1] for d in m]
-    eligible = len(open_devices)
+    eligible = sum(per_wave[i].eligible for i in range(current + 1))
     succeeded = sum(per_wave[i].succeeded for i in range(current + 1))
-    recent_failures = sum(
-        1
-        for d in open_devices
-        if classify(rollout, d) in ("failed", "rolled_back")
-        and d.failed_at is not None
-        and d.failed_at >= rollout.failures_since
-    )
+    recent_failures = sum(counts.recent_failures[: current + 1])
     last = current == len(rollout.waves) - 1
     step = "completion" if last else f"wave '{rollout.waves[current + 1].name}'"
     where = f"wave {current + 1}/{len(rollout.waves)} '{wave.name}'"
-
     if recent_failures and recent_failures >= opts.failure_threshold * eligible - _EPSILON:
         return Gate(
             False,
@@ -267,7 +317,9 @@ class DeviceSummary:
     """One device's patch status.
 
     ``up_to_date`` is None when the latest version of its hardware is not
-    known or the device has not said what it runs.
+    known or the device has not said what it runs. ``missing_fixes`` lists
+    the CVE ids it lacks, worst first, and ``max_cvss`` their highest score;
+    ``exposure`` is the bucket of ``staging._patch`` rule 3.
     """
 
     device_id: str
@@ -279,6 +331,11 @@ class DeviceSummary:
     rollout_id: str | None
     error_code: str | None
     up_to_date: bool | None
+    latest_version: str | None = None
+    missing_fixes: tuple[str, ...] = ()
+    max_cvss: float | None = None
+    exposure: str = "unknown"
+    tags: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -291,15 +348,22 @@ class DeviceSummary:
             "rollout_id": self.rollout_id,
             "error_code": self.error_code,
             "up_to_date": self.up_to_date,
+            "latest_version": self.latest_version,
+            "missing_fixes": list(self.missing_fixes),
+            "max_cvss": self.max_cvss,
+            "exposure": self.exposure,
+            "tags": list(self.tags),
         }
 
 
 @dataclass(frozen=True)
 class FleetStatus:
-    """Versions and states across the fleet.
+    """Versions, states and patch status across the fleet.
 
     Summary counts skip revoked devices; ``devices`` lists every device.
     ``unknown`` stands for a missing version or a device that never reported.
+    ``by_exposure`` counts devices per exposure bucket; ``by_cve`` counts,
+    per CVE id still missing somewhere, the devices lacking it (with its CVSS).
     """
 
     hardware_id: str | None
@@ -310,6 +374,9 @@ class FleetStatus:
     up_to_date: int = 0
     outdated: int = 0
     unknown: int = 0
+    by_exposure: Mapping[str, int] = field(default_factory=dict)
+    by_cve: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    latest: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -321,6 +388,9 @@ class FleetStatus:
             "up_to_date": self.up_to_date,
             "outdated": self.outdated,
             "unknown": self.unknown,
+            "by_exposure": dict(self.by_exposure),
+            "by_cve": {k: dict(v) for k, v in self.by_cve.items()},
+            "latest": dict(self.latest),
         }
 
 
@@ -334,16 +404,36 @@ def fleet(
     hardware_id: str | None,
     devices: Iterable[DeviceRecord],
     latest_versions: Mapping[str, str] | None = None,
+    catalog: ReleaseCatalog | None = None,
 ) -> FleetStatus:
-    """Summarise devices' versions, states and patch status."""
-    latest = latest_versions or {}
+    """Summarise devices' versions, states and patch status.
+
+    Args:
+        hardware_id: what the summary is about (None: every hardware id).
+        devices: the devices.
+        latest_versions: newest version per hardware id (taken from
+            ``catalog`` when not given).
+        catalog: signed releases, for missing fixes and exposure.
+    """
+    latest = dict(latest_versions or {})
+    if catalog is not None:
+        for hw in catalog.releases:
+            newest = catalog.latest(hw)
+            if newest is not None:
+                latest.setdefault(hw, newest.info.version)
     summaries: list[DeviceSummary] = []
     by_version: Counter[str] = Counter()
     by_state: Counter[str] = Counter()
     by_status: Counter[str] = Counter()
+    by_exposure: Counter[str] = Counter(dict.fromkeys(EXPOSURES, 0))
+    by_cve: dict[str, dict[str, Any]] = {}
     verdicts: Counter[bool | None] = Counter()
     for d in devices:
         current = _is_current(d.installed_version, latest.get(d.hardware_id))
+        missing = None if catalog is None else catalog.missing(d.hardware_id, d.installed_version)
+        scores = [f.cvss for f in missing or () if f.cvss is not None]
+        worst = max(scores) if scores else None
+        exposure = "unknown" if missing is None else exposure_of(worst, bool(missing))
         summaries.append(
             DeviceSummary(
                 d.device_id,
@@ -355,6 +445,11 @@ def fleet(
                 d.rollout_id,
                 d.error_code,
                 current,
+                latest_version=latest.get(d.hardware_id),
+                missing_fixes=tuple(f.cve for f in missing or ()),
+                max_cvss=worst,
+                exposure=exposure,
+                tags=d.tags,
             )
         )
         by_status[d.status] += 1
@@ -363,6 +458,12 @@ def fleet(
         by_version[d.installed_version or "unknown"] += 1
         by_state[d.state or "unknown"] += 1
         verdicts[current] += 1
+        by_exposure[exposure] += 1
+        for fix in missing or ():
+            entry = by_cve.setdefault(
+                fix.cve, {"cvss": fix.cvss, "fixed_in": fix.fixed_in, "devices": 0}
+            )
+            entry["devices"] += 1
     return FleetStatus(
         hardware_id=hardware_id,
         devices=tuple(summaries),
@@ -372,4 +473,7 @@ def fleet(
         up_to_date=verdicts[True],
         outdated=verdicts[False],
         unknown=verdicts[None],
+        by_exposure=dict(by_exposure),
+        by_cve=dict(sorted(by_cve.items(), key=lambda kv: (-(kv[1]["cvss"] or 0.0), kv[0]))),
+        latest=dict(sorted(latest.items())),
     )

@@ -13,7 +13,14 @@ Invariants every implementation keeps:
   change (say, a pause from the CLI while the server's controller ticks).
 * The store never reads the clock for rollouts: callers pass the time, so a
   controller with a fake clock gets reproducible soak times.
-* Values returned are frozen dataclasses from ``staging._model``.
+* Values returned are frozen dataclasses from ``staging._model``,
+  ``staging._alerts`` and ``staging._progress``.
+* Every device of a hardware id has a wave in that hardware id's newest
+  rollout (its *cohort*), computed with ``tufota_core.wave_index`` when the
+  rollout is created or the device registered; ``rollout_counts`` and
+  ``stall_candidates`` rely on it, so gates need not hash every device each tick.
+* At most one open alert per key; opening or resolving one queues its
+  notifications (one per sink, plus ``log``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from staging._model import DeviceRecord, Event, RolloutOptions, RolloutRecord
+from staging._alerts import Alert, AlertDraft, AlertSettings, Notification, SinkSpec
+from staging._model import DeviceRecord, Event, NewDevice, RolloutOptions, RolloutRecord
+from staging._progress import RolloutCounts
 from tufota_core import Report, Wave
 
 
@@ -204,6 +213,130 @@ class TrackerStore(ABC):
         Raises:
             NotFoundError: no such rollout.
         """
+
+    # -- scale -------------------------------------------------------------------
+
+    @abstractmethod
+    def register_devices(self, devices: Iterable[NewDevice], *, at: datetime) -> int:
+        """Register many devices in one transaction (fleet import, simulation).
+
+        Returns:
+            How many were registered.
+
+        Raises:
+            InputError: any device is invalid (none is registered).
+            ConflictError: any id exists or repeats (none is registered).
+        """
+
+    @abstractmethod
+    def rollout_counts(self, rollout: RolloutRecord) -> RolloutCounts:
+        """Per-wave outcome counts of a rollout (rules of ``staging._progress``)."""
+
+    @abstractmethod
+    def stall_candidates(
+        self, rollout: RolloutRecord, now: datetime
+    ) -> list[tuple[int, DeviceRecord]]:
+        """Accepted devices in the open waves that may be stalled, with their wave.
+
+        A superset of what ``staging._stalls.find_stall`` reports (never
+        missing one), limited to ``StagingConfig.max_findings_per_rollout``.
+        Devices that succeeded or failed in this rollout are left out.
+        """
+
+    @abstractmethod
+    def version_counts(self, hardware_id: str | None = None) -> dict[tuple[str, str | None], int]:
+        """Non-revoked devices per (hardware id, installed version or None)."""
+
+    @abstractmethod
+    def devices_on_versions(
+        self, hardware_id: str, versions: Iterable[str | None], limit: int
+    ) -> list[str]:
+        """Up to ``limit`` non-revoked device ids of ``hardware_id`` on one of ``versions``."""
+
+    # -- alerts ------------------------------------------------------------------
+
+    @abstractmethod
+    def sync_alerts(
+        self,
+        scope: str,
+        wanted: Iterable[AlertDraft],
+        *,
+        at: datetime,
+        sinks: Sequence[SinkSpec],
+        resolution: str = "condition cleared",
+        resolve_missing: bool = True,
+    ) -> tuple[list[Alert], list[Alert]]:
+        """Make the open alerts whose key starts with ``scope`` match ``wanted``.
+
+        Opens each wanted key that is not open; resolves (with ``resolution``)
+        each open key in the scope that is not wanted, unless
+        ``resolve_missing`` is False. Each change queues one notification per
+        sink that wants its severity, plus one for ``log``.
+
+        Returns:
+            (opened, resolved) alerts.
+
+        Raises:
+            InputError: a wanted key does not start with ``scope``.
+        """
+
+    @abstractmethod
+    def resolve_alert(
+        self, alert_id: int, *, at: datetime, resolution: str, sinks: Sequence[SinkSpec]
+    ) -> Alert:
+        """Resolve one alert by hand (an operator acknowledged and fixed it).
+
+        Raises:
+            NotFoundError: no such alert.
+            ConflictError: it is resolved already.
+        """
+
+    @abstractmethod
+    def list_alerts(
+        self,
+        *,
+        open_only: bool = False,
+        rollout_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        """Alerts, newest first."""
+
+    @abstractmethod
+    def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        """Claim undelivered notifications whose next attempt is due, oldest first.
+
+        Claimed notifications are not due again for a few minutes, so two
+        processes delivering at once do not both send them; the claimer must
+        call ``finish_notification`` for each.
+        """
+
+    @abstractmethod
+    def finish_notification(
+        self,
+        notification_id: int,
+        *,
+        at: datetime,
+        error: str = "",
+        retry_at: datetime | None = None,
+    ) -> None:
+        """Record an attempt: delivered (no ``error``), retry at ``retry_at``, or given up."""
+
+    @abstractmethod
+    def notification_log(self, alert_id: int) -> list[dict[str, Any]]:
+        """Delivery records of one alert's notifications."""
+
+    @abstractmethod
+    def get_alert_settings(self) -> AlertSettings:
+        """The stored alert settings (defaults when none were stored).
+
+        Raises:
+            StoreError: the stored settings are corrupt.
+        """
+
+    @abstractmethod
+    def set_alert_settings(self, settings: AlertSettings) -> None:
+        """Replace the alert settings."""
 
     # -- lifetime --------------------------------------------------------------
 

@@ -1,35 +1,75 @@
 """``tufota demo``: the whole story on the embedded default, in one command.
 
-A throw-away workspace gets a repository, two signed releases, a server on
-loopback, N provisioned devices running the real agent code over real HTTP,
-a two-wave rollout driven by the real controller, and a summary at the end.
-The exit status is 0 only when every device ended on the new version.
+A throw-away workspace gets a repository with three signed releases, a server
+on loopback with its background controller, an alert webhook receiver on
+loopback, and N simulated devices running the real agent code over real HTTP
+(``tufota_cli.simulate_cmd.Simulation``). The story:
+
+1. Release 1.1.0 (fixes a CVSS 8.1 CVE) starts in two waves. Two of the
+   canaries fail to install it (injected fault): the failure gate pauses the
+   rollout at the canary wave, and the alert reaches the webhook.
+2. The operator aborts it and rolls out 1.1.1 (critical, CVSS 9.8) with the
+   ``critical`` preset; every device ends on 1.1.1, the rollout completes and
+   the patch status shows no exposure left.
+
+The exit status is 0 only when every device ended on 1.1.1 and the first
+rollout paused as it should.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import secrets
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
-from device_agent import Agent, AgentConfig
-from repo_server import Repository, ServerThread, add_release_locally, create_app
-from staging import RolloutOptions
+from repo_server import Repository, ServerContext, ServerThread, add_release_locally, create_app
+from staging import AlertSettings, SinkSpec, build_plan
 from tufota_cli._common import table
-from tufota_cli.device_cmds import provision_device
 from tufota_cli.repo_cmds import build_context
-from tufota_cli.rollout_cmds import find_release, render_status
-from tufota_core import FirmwareInfo, parse_wave_spec
+from tufota_cli.rollout_cmds import find_release, release_catalog, render_fleet, render_status
+from tufota_cli.simulate_cmd import SimOptions, Simulation
+from tufota_core import FirmwareInfo
 
 logger = logging.getLogger(__name__)
 
 HARDWARE = "gw-100"
-OLD, NEW = "1.0.0", "1.1.0"
+OLD, BAD, GOOD = "1.0.0", "1.1.0", "1.1.1"
+WAVES = "canary:tag=canary,fleet:100%"
+
+
+class WebhookReceiver:
+    """A loopback HTTP server that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,8 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.devices <= 500:
         raise SystemExit("tufota: error: --devices must be between 1 and 500")
-    if not 0 <= args.canaries <= args.devices:
-        raise SystemExit("tufota: error: --canaries must be between 0 and --devices")
+    if not 2 <= args.canaries <= args.devices:
+        raise SystemExit("tufota: error: --canaries must be between 2 and --devices")
     if args.workspace:
         workspace = Path(args.workspace)
         keep = True
@@ -69,7 +109,9 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
     started = time.monotonic()
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # Twenty agents narrating each step drown the story; -v brings them back.
-        logging.getLogger("device_agent").setLevel(logging.WARNING)
+        for name in ("device_agent", "staging", "repo_server", "tufota_cli.simulate_cmd"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("staging.alerts").setLevel(logging.ERROR)
     passphrase = secrets.token_urlsafe(16)
 
     def ask() -> str:
@@ -79,103 +121,166 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
     repo = Repository.create(workspace / "repo", passphrase)
     firmware = workspace / "firmware"
     firmware.mkdir()
-    for version, extra in (
+    releases: list[tuple[str, dict[str, Any]]] = [
         (OLD, {}),
-        (NEW, {"severity": "high", "cvss": 8.1, "fixes": ("CVE-2026-1234",)}),
-    ):
+        (BAD, {"severity": "high", "cvss": 8.1, "fixes": ("CVE-2026-1234",)}),
+        (GOOD, {"severity": "critical", "cvss": 9.8, "fixes": ("CVE-2026-1234", "CVE-2026-2001")}),
+    ]
+    for version, extra in releases:
         image = firmware / f"gw-100-{version}.img"
         image.write_bytes(f"tufota demo image {version}\n".encode() * 4096)
-        info = FirmwareInfo(hardware_id=HARDWARE, version=version, **extra)  # type: ignore[arg-type]
+        info = FirmwareInfo(hardware_id=HARDWARE, version=version, **extra)
         result = add_release_locally(repo, image, info, ask)
         _step(f"signed and published {result.target_path} ({result.length} bytes)")
 
-    ctx = build_context(repo, ask, tick_interval=1.0)
-    server = ServerThread(create_app(ctx, background=args.serve), port=args.port).start()
-    _step(f"serving on {server.url}")
+    receiver = WebhookReceiver()
+    ctx = build_context(repo, ask, tick_interval=0.3)
+    ctx.store.set_alert_settings(
+        AlertSettings(sinks=(SinkSpec("ops-webhook", "webhook", url=receiver.url),))
+    )
+    server = ServerThread(create_app(ctx), port=args.port).start()
+    _step(f"serving on {server.url}; alerts go to the log and to webhook {receiver.url}")
+    sim = Simulation(
+        repo,
+        server.url,
+        workspace / "devices",
+        SimOptions(
+            hardware_id=HARDWARE,
+            devices=args.devices,
+            prefix="dev",
+            factory_version=OLD,
+            canaries=args.canaries,
+            fail_devices=frozenset({"dev-00001", "dev-00002"}),
+            fail_versions=frozenset({BAD}),
+            poll_interval=30,
+            reboot_seconds=10,
+            speedup=60,
+            workers=4,
+        ),
+    )
     try:
-        configs = []
-        for n in range(args.devices):
-            device_id = f"dev-{n + 1:03d}"
-            tags = ["canary"] if n < args.canaries else []
-            path = provision_device(
-                repo,
-                device_id,
-                HARDWARE,
-                workspace / "devices" / device_id,
-                tags,
-                server_url=server.url,
-                factory_version=OLD,
-                poll_interval=5,
-            )
-            configs.append(path)
-        _step(f"provisioned {len(configs)} devices ({args.canaries} canaries) on {OLD}")
-
-        waves = parse_wave_spec("canary:tag=canary,fleet:100%")
-        doc = ctx.controller.start(
-            HARDWARE,
-            NEW,
-            find_release(repo, HARDWARE, NEW),
-            waves,
-            RolloutOptions(success_threshold=1.0, failure_threshold=0.2),
+        sim.provision()
+        _step(
+            f"provisioned {args.devices} simulated devices on {OLD} "
+            f"({args.canaries} canaries; dev-00001 and dev-00002 cannot install {BAD})"
         )
-        _step(f"started rollout {doc.rollout_id}: waves canary (tag) then fleet (100%)")
-
-        agents = [Agent(AgentConfig.load(c)) for c in configs]
         deadline = started + args.timeout
-        rounds = 0
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            while time.monotonic() < deadline:
-                rounds += 1
-                list(pool.map(lambda a: a.run_once(), agents))
-                ctx.controller.tick()
-                record = ctx.store.get_rollout(doc.rollout_id)
-                status = ctx.controller.status(doc.rollout_id).to_json()
-                done = sum(w["succeeded"] for w in status["waves"])
-                print(
-                    f"    round {rounds}: wave {record.current_wave + 1}/{len(waves)} "
-                    f"{record.state}, {done}/{len(agents)} devices on {NEW}",
-                    flush=True,
-                )
-                if record.state in ("completed", "paused", "aborted"):
-                    break
-        # One more cycle so every agent reports its final state.
-        for agent in agents:
-            agent.run_once()
-        return _summary(ctx, doc.rollout_id, len(agents), started, args.serve, server)
+
+        # Act 1: a release whose canaries fail.
+        waves, options = build_plan(waves=WAVES, success_threshold="100%", failure_threshold="20%")
+        doc = ctx.controller.start(
+            HARDWARE, BAD, find_release(repo, HARDWARE, BAD), waves, options, reason="demo act 1"
+        )
+        _step(f"started rollout {doc.rollout_id}: {BAD} in waves canary (tag) then fleet (100%)")
+        first = _play(sim, doc.rollout_id, deadline)
+        print()
+        print(render_status(ctx.controller.status(doc.rollout_id)))
+        print()
+        _wait_for_alert(ctx, receiver, "rollout_paused", deadline)
+        for body in receiver.received:
+            alert = body["alert"]
+            print(f"    webhook received: {body['event']} [{alert['kind']}] {alert['summary']}")
+        paused = first == "paused"
+
+        # Act 2: the operator aborts and ships the fix with the critical preset.
+        ctx.controller.abort(doc.rollout_id, "canaries failed to install 1.1.0; fixed in 1.1.1")
+        _step(f"aborted {doc.rollout_id}; {GOOD} is signed as critical (CVSS 9.8)")
+        good = release_catalog(repo).find(HARDWARE, GOOD)
+        waves, options = build_plan(
+            preset="critical",
+            waves=WAVES,
+            release=None if good is None else good.info,
+            soak_seconds=1,
+            min_devices=1,
+        )
+        doc = ctx.controller.start(
+            HARDWARE, GOOD, find_release(repo, HARDWARE, GOOD), waves, options, reason="act 2"
+        )
+        _step(
+            f"started rollout {doc.rollout_id}: {GOOD} with preset critical "
+            f"(success {options.success_threshold:.0%}, failure {options.failure_threshold:.0%})"
+        )
+        second = _play(sim, doc.rollout_id, deadline)
+        return _summary(ctx, repo, sim, doc.rollout_id, started, paused, second, args, server)
     finally:
+        sim.close()
+        receiver.stop()
         if not args.serve:
             server.stop()
+            ctx.store.close()
+
+
+def _play(sim: Simulation, rollout_id: str, deadline: float) -> str | None:
+    seen: list[str] = []
+
+    def show(status: dict[str, Any] | None) -> None:
+        if status is None:
+            return
+        total = status["total"]
+        line = (
+            f"    wave {status['current_wave'] + 1}/{len(status['waves'])} "
+            f"'{status['current_wave_name']}' {status['state']}: "
+            f"{total['succeeded']}/{total['eligible']} on {status['version']}, "
+            f"{total['failed'] + total['rolled_back']} failed"
+        )
+        if not seen or seen[-1] != line:
+            seen.append(line)
+            print(line, flush=True)
+
+    result = sim.run(max(1.0, deadline - time.monotonic()), rollout_id=rollout_id, on_round=show)
+    return result.rollout_state
+
+
+def _wait_for_alert(
+    ctx: ServerContext, receiver: WebhookReceiver, kind: str, deadline: float
+) -> None:
+    while time.monotonic() < deadline:
+        if any(b["alert"]["kind"] == kind for b in receiver.received):
+            return
+        time.sleep(0.1)
 
 
 def _summary(
-    ctx: object, rollout_id: str, total: int, started: float, serve: bool, server: ServerThread
+    ctx: ServerContext,
+    repo: Repository,
+    sim: Simulation,
+    rollout_id: str,
+    started: float,
+    paused: bool,
+    state: str | None,
+    args: argparse.Namespace,
+    server: ServerThread,
 ) -> int:
-    from repo_server import ServerContext
-
-    assert isinstance(ctx, ServerContext)
+    # One more cycle each, so every device has reported its final state.
+    for device in sim.devices:
+        device.agent.run_once()
     status = ctx.controller.status(rollout_id)
-    devices = ctx.store.list_devices(HARDWARE)
-    by_state: dict[str, int] = {}
-    by_version: dict[str, int] = {}
-    for device in devices:
-        by_state[device.state or "unknown"] = by_state.get(device.state or "unknown", 0) + 1
-        by_version[device.installed_version or "none"] = (
-            by_version.get(device.installed_version or "none", 0) + 1
-        )
+    fleet = ctx.controller.fleet_status(HARDWARE, catalog=release_catalog(repo))
     print()
     print(render_status(status))
     print()
-    print(table(["device state", "devices"], sorted(by_state.items())))
+    print(render_fleet(fleet))
     print()
-    print(table(["version", "devices"], sorted(by_version.items())))
-    print()
-    on_new = by_version.get(NEW, 0)
-    ok = on_new == total and status.state == "completed"
+    alerts = ctx.store.list_alerts(limit=20)
     print(
-        f"{on_new}/{total} devices on {NEW}; rollout {status.state}; "
+        table(
+            ["alert", "state", "kind", "summary"],
+            [
+                [a.alert_id, "open" if a.open else "resolved", a.kind, a.summary[:90]]
+                for a in alerts
+            ],
+        )
+    )
+    print()
+    on_new = fleet.by_version.get(GOOD, 0)
+    total = len(sim.devices)
+    ok = paused and on_new == total and status.state == "completed"
+    print(
+        f"first rollout {'paused at the canary wave' if paused else 'did NOT pause'}; "
+        f"{on_new}/{total} devices on {GOOD}; rollout {state}; "
         f"{time.monotonic() - started:.1f}s"
     )
-    if serve:
+    if args.serve:
         print(f"server running at {server.url}  (Ctrl-C to stop)", flush=True)
         try:
             while True:

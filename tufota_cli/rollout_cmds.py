@@ -1,74 +1,108 @@
-"""``tufota rollout`` and ``tufota fleet``: staged rollouts and the fleet's state."""
+"""``tufota rollout``, ``tufota fleet``, ``tufota alert``: rollouts, patch status, alerts."""
 
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 from repo_server import Repository
 from signing import find_product
-from staging import RolloutController, RolloutOptions, RolloutStatus, SqliteTrackerStore
-from tufota_cli._common import open_repo, passphrase_source, print_json, table
+from staging import (
+    ALERT_SEVERITIES,
+    PRESETS,
+    AlertDraft,
+    AlertSettings,
+    FleetStatus,
+    ReleaseCatalog,
+    RolloutController,
+    RolloutStatus,
+    SinkSpec,
+    SqliteTrackerStore,
+    build_plan,
+)
+from staging import parse_duration as _parse_duration
+from staging import parse_fraction as _parse_fraction
+from tufota_cli._common import passphrase_source, print_json, table
+from tufota_cli._watch import add_watch
+from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import (
     FirmwareInfo,
     InputError,
     NotFoundError,
     Version,
     check_hardware_id,
-    parse_wave_spec,
     product_role,
 )
-
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> int:
     """``30m`` -> 1800. Raises InputError."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise InputError(f"duration {text!r} is not like 90s, 30m, 2h or 1d")
-    return int(match.group(1)) * _SECONDS[match.group(2)]
+    return _parse_duration(text)
 
 
 def parse_fraction(text: str) -> float:
     """``95%`` or ``0.95`` -> 0.95. Raises InputError."""
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise InputError(f"{text!r} is not a percentage such as 95%") from None
-    if not 0.0 < value <= 1.0:
-        raise InputError(f"{text!r} is outside 0-100%")
-    return value
+    return _parse_fraction(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rollout = sub.add_parser("rollout", help="start, watch and steer staged rollouts")
     rsub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
 
-    p = rsub.add_parser("start", help="start a staged rollout of a signed release")
-    p.add_argument("--repo", required=True)
+    p = rsub.add_parser(
+        "start",
+        help="start a staged rollout of a signed release",
+        description="Start a staged rollout. Give --waves, a --preset, or both (the waves "
+        "then replace the preset's). Presets: "
+        + "; ".join(
+            f"{p.name}: {p.waves}, success {p.success_threshold:.0%}, failure "
+            f"{p.failure_threshold:.0%}, soak {p.soak_seconds // 60}m"
+            + (" (releases signed as critical only)" if p.critical_only else "")
+            for p in PRESETS.values()
+        ),
+    )
+    add_repo_arguments(p)
     p.add_argument("--hardware", required=True)
     p.add_argument("--version", required=True)
     p.add_argument(
         "--waves",
-        required=True,
-        help="waves in order, e.g. 'canary:tag=canary,pilot:devices=a,b,10%%,100%%'",
+        default=None,
+        help="waves in order, e.g. 'canary:tag=canary,pilot:devices=a+b,10%%,100%%'",
     )
-    p.add_argument("--success-threshold", default="95%", type=parse_fraction)
-    p.add_argument("--failure-threshold", default="5%", type=parse_fraction)
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a starting plan")
+    p.add_argument("--success-threshold", default=None, type=parse_fraction, help="default 95%%")
+    p.add_argument("--failure-threshold", default=None, type=parse_fraction, help="default 5%%")
+    p.add_argument("--soak", default=None, type=parse_duration, help="least time per wave (30m)")
+    p.add_argument("--min-devices", default=None, type=int, help="least successes per gate")
     p.add_argument(
-        "--soak", default="0s", type=parse_duration, help="least time per wave, e.g. 30m"
+        "--stall-timeout", default=None, type=parse_duration, help="no progress this long (20m)"
     )
-    p.add_argument("--min-devices", default=0, type=int)
+    p.add_argument(
+        "--reboot-timeout", default=None, type=parse_duration, help="reboot deadline (15m)"
+    )
+    p.add_argument(
+        "--poll-interval", default=None, type=parse_duration, help="devices' poll interval (5m)"
+    )
+    p.add_argument("--silent-polls", default=None, type=int, help="silent after N polls (3)")
+    p.add_argument(
+        "--maintenance-window",
+        default=None,
+        help="when devices may install, e.g. 'Sat 02:00-04:00 UTC' or 'Mon-Fri 22:00-02:00 UTC'",
+    )
+    p.add_argument("--reason", default="", help="why, for the rollout's history")
     p.set_defaults(func=cmd_start)
 
     p = rsub.add_parser("status", help="per-wave progress of rollouts")
     p.add_argument("rollout_id", nargs="?", help="a rollout id (default: every rollout)")
-    p.add_argument("--repo", required=True)
+    add_repo_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_status)
+    add_watch(p, cmd_status)  # --watch, --interval (tufota_cli/_watch.py)
+
+    p = rsub.add_parser("history", help="a rollout's transitions with time and reason")
+    p.add_argument("rollout_id")
+    add_repo_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
 
     for action, text in (
         ("pause", "stop offering the release"),
@@ -78,26 +112,89 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ):
         p = rsub.add_parser(action, help=text)
         p.add_argument("rollout_id")
-        p.add_argument("--repo", required=True)
+        add_repo_arguments(p)
         p.add_argument("--reason", default="by operator")
         p.set_defaults(func=cmd_action, action=action)
 
-    p = rsub.add_parser("tick", help="evaluate every rollout's gates once (for cron)")
-    p.add_argument("--repo", required=True)
+    p = rsub.add_parser("tick", help="evaluate gates, stalls and alerts once (for cron)")
+    add_repo_arguments(p)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tick)
 
     fleet = sub.add_parser("fleet", help="the fleet's versions and patch status")
     fsub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
-    p = fsub.add_parser("status", help="each device's version and state, with a summary")
-    p.add_argument("--repo", required=True)
+    p = fsub.add_parser(
+        "status", help="each device's version, missing fixes and exposure, worst first"
+    )
+    add_repo_arguments(p)
     p.add_argument("--hardware", default=None)
+    p.add_argument("--exposed", action="store_true", help="only devices that lack a fix")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fleet)
 
+    alert = sub.add_parser("alert", help="alerts and where they are sent")
+    asub = alert.add_subparsers(dest="alert_command", required=True, metavar="COMMAND")
+    p = asub.add_parser("list", help="alerts, newest first")
+    add_repo_arguments(p)
+    p.add_argument("--open", action="store_true", help="only open alerts")
+    p.add_argument("--rollout", default=None)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alert_list)
+
+    p = asub.add_parser("resolve", help="resolve an alert by hand")
+    p.add_argument("alert_id", type=int)
+    add_repo_arguments(p)
+    p.add_argument("--reason", default="resolved by an operator")
+    p.set_defaults(func=cmd_alert_resolve)
+
+    p = asub.add_parser("sink", help="add, remove or list alert sinks (log is always on)")
+    p.add_argument("sink_action", choices=("add", "remove", "list"))
+    p.add_argument("name", nargs="?", help="sink name (add, remove)")
+    add_repo_arguments(p)
+    p.add_argument("--webhook", default="", help="URL that receives a JSON POST per alert")
+    p.add_argument("--sns", default="", help="SNS topic ARN")
+    p.add_argument("--region", default="", help="AWS region for SNS")
+    p.add_argument("--endpoint-url", default="", help="AWS endpoint override for SNS")
+    p.add_argument("--min-severity", default="info", choices=ALERT_SEVERITIES)
+    p.set_defaults(func=cmd_alert_sink)
+
+    p = asub.add_parser("settings", help="show or change when fleet-wide alerts fire")
+    add_repo_arguments(p)
+    p.add_argument(
+        "--patch-grace", type=parse_duration, default=None, help="time after a release (7d)"
+    )
+    p.add_argument("--min-cvss", type=float, default=None, help="least CVSS alerted on (7.0)")
+    p.add_argument(
+        "--expiry-margin", type=parse_duration, default=None, help="online role expiry (12h)"
+    )
+    p.set_defaults(func=cmd_alert_settings)
+
+    p = asub.add_parser("test", help="send a test alert (and its resolution) to every sink")
+    add_repo_arguments(p)
+    p.set_defaults(func=cmd_alert_test)
+
+
+def release_catalog(repo: Repository) -> ReleaseCatalog:
+    """Every signed firmware release of ``repo``, per hardware id."""
+    state = repo.state()
+    prefix = product_role("x")[:-1]
+    return ReleaseCatalog.from_targets(
+        (path, target.custom)
+        for name, role in state.roles.items()
+        if name.startswith(prefix)
+        for path, target in role.signed.targets.items()
+    )
+
 
 def controller(repo: Repository) -> RolloutController:
+    """A controller on ``repo``'s tracker, publishing with its online rollouts key."""
+    publisher = repo.publisher(passphrase_source())
     return RolloutController(
-        SqliteTrackerStore(repo.tracker_path), repo.publisher(passphrase_source())
+        SqliteTrackerStore(repo.tracker_path),
+        publisher,
+        expiries=publisher.expiries,
+        releases=lambda: release_catalog(repo),
     )
 
 
@@ -111,42 +208,52 @@ def find_release(repo: Repository, hardware_id: str, version: str) -> str:
     Version.parse(version)
     state = repo.state()
     find_product(state.targets, hardware_id)
-    product = state.roles.get(product_role(hardware_id))
-    for path, target in product.signed.targets.items() if product else []:
-        info = FirmwareInfo.from_custom(target.custom)
-        if info.version == version:
-            return path
-    raise NotFoundError(f"hardware id {hardware_id} has no release {version}")
+    release = release_catalog(repo).find(hardware_id, version)
+    if release is None:
+        raise NotFoundError(f"hardware id {hardware_id} has no release {version}")
+    return release.target_path
 
 
 def latest_versions(repo: Repository) -> dict[str, dict[str, Any]]:
     """For each hardware id: its newest release and every release's fixes."""
-    state = repo.state()
+    catalog = release_catalog(repo)
     result: dict[str, dict[str, Any]] = {}
-    for name, role in state.roles.items():
-        if not name.startswith(product_role("x")[:-1]):
-            continue
-        infos = [FirmwareInfo.from_custom(t.custom) for t in role.signed.targets.values()]
-        if infos:
-            newest = max(infos, key=lambda i: Version.parse(i.version))
-            result[newest.hardware_id] = {"latest": newest.version, "releases": infos}
+    for hw, releases in catalog.releases.items():
+        infos: list[FirmwareInfo] = [r.info for r in releases]
+        result[hw] = {"latest": releases[-1].info.version, "releases": infos}
     return result
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    repo = open_repo(args.repo)
+    repo = open_repository(args)
     target_path = find_release(repo, args.hardware, args.version)
-    waves = parse_wave_spec(args.waves)
-    options = RolloutOptions(
+    release = release_catalog(repo).find(args.hardware, args.version)
+    waves, options = build_plan(
+        waves=args.waves,
+        preset=args.preset,
+        release=None if release is None else release.info,
+        maintenance_window=args.maintenance_window,
         success_threshold=args.success_threshold,
         failure_threshold=args.failure_threshold,
         soak_seconds=args.soak,
         min_devices=args.min_devices,
+        stall_timeout_seconds=args.stall_timeout,
+        reboot_timeout_seconds=args.reboot_timeout,
+        poll_interval_seconds=args.poll_interval,
+        silent_polls=args.silent_polls,
     )
-    doc = controller(repo).start(args.hardware, args.version, target_path, waves, options)
+    doc = controller(repo).start(
+        args.hardware, args.version, target_path, waves, options, reason=args.reason
+    )
+    extras = []
+    if options.preset:
+        extras.append(f"preset {options.preset}")
+    if options.maintenance_window:
+        extras.append(f"window {options.maintenance_window}")
     print(
         f"started rollout {doc.rollout_id}: {args.hardware} -> {args.version}, "
         f"{len(waves)} waves ({', '.join(w.name for w in waves)})"
+        + (f"; {'; '.join(extras)}" if extras else "")
     )
     return 0
 
@@ -170,17 +277,23 @@ def render_status(status: RolloutStatus) -> str:
     lines = [head, table(["wave", *columns], rows)]
     if data.get("gate"):
         lines.append(f"gate: {data['gate']}")
+    stalls = {k: v for k, v in (data.get("stalls") or {}).items() if v}
+    if stalls:
+        lines.append(
+            "stalled: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stalls.items())
+        )
+    if data.get("maintenance_window"):
+        lines.append(f"maintenance window: {data['maintenance_window']}")
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    repo = open_repo(args.repo)
+    repo = open_repository(args)
     ctl = controller(repo)
     if args.rollout_id:
         statuses = [ctl.status(args.rollout_id)]
     else:
-        with SqliteTrackerStore(repo.tracker_path) as store:
-            statuses = [ctl.status(r.rollout_id) for r in store.list_rollouts()]
+        statuses = [ctl.status(r.rollout_id) for r in ctl.store.list_rollouts()]
     if args.json:
         print_json({"rollouts": [s.to_json() for s in statuses]})
     elif not statuses:
@@ -190,49 +303,227 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        events = store.rollout_history(args.rollout_id)
+    if args.json:
+        print_json({"rollout_id": args.rollout_id, "events": [e.to_json() for e in events]})
+        return 0
+    rows = [
+        [e.to_json()["at"], e.kind, e.state, None if e.wave is None else e.wave + 1, e.reason]
+        for e in events
+    ]
+    print(table(["at", "event", "state", "wave", "reason"], rows))
+    return 0
+
+
 def cmd_action(args: argparse.Namespace) -> int:
-    repo = open_repo(args.repo)
+    repo = open_repository(args)
     ctl = controller(repo)
-    method = getattr(ctl, args.action)
-    doc = (
-        method(args.rollout_id)
-        if args.action in ("resume", "advance")
-        else method(args.rollout_id, args.reason)
-    )
+    doc = getattr(ctl, args.action)(args.rollout_id, args.reason)
+    ctl.deliver()
     print(f"rollout {doc.rollout_id}: {doc.state}, wave {doc.current_wave + 1}/{len(doc.waves)}")
     return 0
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    repo = open_repo(args.repo)
-    events = controller(repo).tick()
-    for event in events:
-        print(event.to_json() if hasattr(event, "to_json") else event)
+    repo = open_repository(args)
+    ctl = controller(repo)
+    ctl.tick()
+    report = ctl.last_tick
+    if args.json:
+        print_json(report.to_json())
+        return 0
+    for event in report.events:
+        print(f"{event.rollout_id}: {event.kind} (wave {(event.wave or 0) + 1}) {event.reason}")
+    for alert in report.opened:
+        print(f"alert {alert.alert_id} opened [{alert.kind}] {alert.summary}")
+    for alert in report.resolved:
+        print(f"alert {alert.alert_id} resolved [{alert.kind}] {alert.resolution}")
+    for error in report.errors:
+        print(f"warning: {error}")
     return 0
 
 
-def cmd_fleet(args: argparse.Namespace) -> int:
-    repo = open_repo(args.repo)
-    releases = latest_versions(repo)
-    status = controller(repo).fleet_status(
-        hardware_id=args.hardware,
-        latest_versions={hw: r["latest"] for hw, r in releases.items()},
-    )
+def render_fleet(status: FleetStatus, exposed_only: bool = False) -> str:
     data = status.to_json()
-    if args.json:
-        print_json(data)
-        return 0
-    latest = {hw: r["latest"] for hw, r in releases.items()}
+    order = {"critical": 0, "high": 1, "medium": 2, "low": 3, "unknown": 4, "none": 5}
+    devices = sorted(
+        data["devices"],
+        key=lambda d: (order.get(d["exposure"], 9), -(d["max_cvss"] or 0.0), d["device_id"]),
+    )
+    if exposed_only:
+        devices = [d for d in devices if d["missing_fixes"]]
     rows = [
         [
             d["device_id"],
             d["hardware_id"],
-            d.get("installed_version"),
-            latest.get(d["hardware_id"]),
-            d.get("state"),
-            d.get("last_seen"),
+            d["installed_version"],
+            d["latest_version"],
+            d["exposure"],
+            "" if d["max_cvss"] is None else f"{d['max_cvss']:.1f}",
+            " ".join(d["missing_fixes"][:3]) + (" ..." if len(d["missing_fixes"]) > 3 else ""),
+            d["state"],
+            d["last_seen"],
         ]
-        for d in data["devices"]
+        for d in devices
     ]
-    print(table(["device", "hardware", "version", "latest", "state", "last seen"], rows))
+    lines = [
+        table(
+            [
+                "device",
+                "hardware",
+                "version",
+                "latest",
+                "exposure",
+                "cvss",
+                "missing fixes",
+                "state",
+                "last seen",
+            ],
+            rows,
+        ),
+        "",
+        "by version:  " + ", ".join(f"{v} {n}" for v, n in data["by_version"].items()),
+        "by exposure: " + ", ".join(f"{k} {n}" for k, n in data["by_exposure"].items() if n),
+    ]
+    if data["by_cve"]:
+        cves = [
+            f"{cve} (CVSS {c['cvss'] if c['cvss'] is not None else '?'}, fixed in "
+            f"{c['fixed_in']}): {c['devices']}"
+            for cve, c in data["by_cve"].items()
+        ]
+        lines.append("missing:     " + "; ".join(cves))
+    return "\n".join(lines)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    if args.hardware:
+        check_hardware_id(args.hardware)
+    status = controller(repo).fleet_status(hardware_id=args.hardware, catalog=release_catalog(repo))
+    if args.json:
+        print_json(status.to_json())
+    else:
+        print(render_fleet(status, args.exposed))
     return 0
+
+
+def cmd_alert_list(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        alerts = store.list_alerts(open_only=args.open, rollout_id=args.rollout, limit=args.limit)
+    if args.json:
+        print_json({"alerts": [a.to_json() for a in alerts]})
+        return 0
+    rows = [
+        [
+            a.alert_id,
+            "open" if a.open else "resolved",
+            a.severity,
+            a.kind,
+            a.to_json()["opened_at"],
+            a.summary[:100],
+        ]
+        for a in alerts
+    ]
+    print(table(["id", "state", "severity", "kind", "opened", "summary"], rows))
+    return 0
+
+
+def cmd_alert_resolve(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    ctl = controller(repo)
+    alert = ctl.store.resolve_alert(
+        args.alert_id,
+        at=ctl.now(),
+        resolution=args.reason,
+        sinks=ctl.store.get_alert_settings().sinks,
+    )
+    ctl.deliver()
+    print(f"alert {alert.alert_id} resolved: {alert.resolution}")
+    return 0
+
+
+def cmd_alert_sink(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        settings = store.get_alert_settings()
+        if args.sink_action == "list":
+            rows = [[s.name, s.kind, s.url or s.topic_arn, s.min_severity] for s in settings.sinks]
+            print(
+                table(
+                    ["name", "kind", "target", "min severity"], [["log", "log", "", "info"], *rows]
+                )
+            )
+            return 0
+        if not args.name:
+            raise InputError(f"'alert sink {args.sink_action}' needs a sink name")
+        if args.sink_action == "remove":
+            kept = tuple(s for s in settings.sinks if s.name != args.name)
+            if len(kept) == len(settings.sinks):
+                raise NotFoundError(f"no alert sink named {args.name}")
+            store.set_alert_settings(AlertSettings(kept, *_rest(settings)))
+            print(f"removed alert sink {args.name}")
+            return 0
+        if bool(args.webhook) == bool(args.sns):
+            raise InputError("give exactly one of --webhook URL or --sns TOPIC_ARN")
+        spec = SinkSpec(
+            name=args.name,
+            kind="webhook" if args.webhook else "sns",
+            url=args.webhook,
+            topic_arn=args.sns,
+            region=args.region,
+            endpoint_url=args.endpoint_url,
+            min_severity=args.min_severity,
+        )
+        if any(s.name == spec.name for s in settings.sinks):
+            raise InputError(f"an alert sink named {spec.name} exists; remove it first")
+        store.set_alert_settings(AlertSettings((*settings.sinks, spec), *_rest(settings)))
+    print(f"added {spec.kind} alert sink {spec.name}; try it with 'tufota alert test'")
+    return 0
+
+
+def _rest(settings: AlertSettings) -> tuple[int, float, int]:
+    return (
+        settings.patch_grace_seconds,
+        settings.patch_min_cvss,
+        settings.expiry_margin_seconds,
+    )
+
+
+def cmd_alert_settings(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        settings = store.get_alert_settings()
+        if args.patch_grace is not None or args.min_cvss is not None or args.expiry_margin:
+            settings = AlertSettings(
+                settings.sinks,
+                settings.patch_grace_seconds if args.patch_grace is None else args.patch_grace,
+                settings.patch_min_cvss if args.min_cvss is None else args.min_cvss,
+                settings.expiry_margin_seconds
+                if args.expiry_margin is None
+                else args.expiry_margin,
+            )
+            store.set_alert_settings(settings)
+    print_json(settings.to_json())
+    return 0
+
+
+def cmd_alert_test(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    ctl = controller(repo)
+    now = ctl.now()
+    sinks = ctl.store.get_alert_settings().sinks
+    draft = AlertDraft(
+        key=f"test:{now.timestamp():.0f}",
+        kind="test",
+        severity="critical",
+        summary=f"test alert from tufota ({repo.path})",
+    )
+    ctl.store.sync_alerts("test:", [draft], at=now, sinks=sinks)
+    ctl.store.sync_alerts("test:", [], at=now, sinks=sinks, resolution="test over")
+    delivered, failed = ctl.deliver()
+    print(f"test alert: {delivered} notifications delivered, {failed} failed")
+    return 0 if not failed else 1

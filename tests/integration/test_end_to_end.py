@@ -197,7 +197,14 @@ def test_demo_updates_every_device_in_two_waves() -> None:
         timeout=180,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "20/20 devices on 1.1.0; rollout completed" in result.stdout
-    assert "canary" in result.stdout
-    assert "fleet" in result.stdout
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    # Act 1: the canaries' injected failures pause 1.1.0 and the webhook hears of it.
+    assert "state paused  wave 1/2" in out
+    assert "webhook received: opened [rollout_paused]" in out
+    # Act 2: the fix goes out with the critical preset, through both waves, to everyone.
+    assert (
+        "first rollout paused at the canary wave; 20/20 devices on 1.1.1; rollout completed" in out
+    )
+    assert "wave 2/2 'fleet' completed" in out
+    assert "by exposure: none 20" in out

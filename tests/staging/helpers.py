@@ -105,3 +105,45 @@ class Devices:
             self.report(
                 device_id, "succeeded", installed=version, target=version, rollout_id=rollout_id
             )
+
+
+class WebhookReceiver:
+    """Loopback HTTP server keeping JSON POSTs; the first ``fail`` posts get ``fail_with``."""
+
+    def __init__(self, fail: int = 0, fail_with: int = 503) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict[str, object]] = []
+        self.attempts = 0
+        self.fail = fail
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.attempts += 1
+                if outer.fail > 0:
+                    outer.fail -= 1
+                    self.send_response(fail_with)
+                    self.end_headers()
+                    return
+                outer.bodies.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def kinds(self, event: str = "opened") -> list[str]:
+        return [b["alert"]["kind"] for b in self.bodies if b["event"] == event]  # type: ignore[index]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

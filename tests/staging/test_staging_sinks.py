@@ -1,0 +1,127 @@
+"""Alert sinks against real receivers on loopback: a webhook server and moto's SNS server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from staging import Alert, Notification, SinkSpec, SnsSink, WebhookSink, build_sink
+from tests.staging.helpers import WebhookReceiver
+from tufota_core import InputError, TransportError
+
+ALERT = Alert(
+    alert_id=7,
+    key="rollout:r1:paused",
+    kind="rollout_paused",
+    severity="critical",
+    summary="rollout r1 paused at wave 1/2 'canary': 2 of 3 failed",
+    hardware_id="gw-100",
+    rollout_id="r1",
+    device_id=None,
+    details={"wave": 0},
+    opened_at=datetime(2026, 1, 5, tzinfo=UTC),
+)
+NOTE = Notification(notification_id=42, alert=ALERT, phase="opened", sink="ops")
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver()
+    yield r
+    r.close()
+
+
+def test_webhook_posts_the_alert_as_json(receiver: WebhookReceiver) -> None:
+    WebhookSink("ops", receiver.url).send(NOTE)
+    assert receiver.bodies == [NOTE.payload()]
+    body = receiver.bodies[0]
+    assert body["schema"] == "tufota.alert/1"
+    assert body["alert"]["summary"] == ALERT.summary  # type: ignore[index]
+
+
+def test_webhook_retries_server_errors_with_backoff(receiver: WebhookReceiver) -> None:
+    receiver.fail = 2
+    waits: list[float] = []
+    WebhookSink("ops", receiver.url, attempts=3, backoff_seconds=0.5, sleep=waits.append).send(NOTE)
+    assert (receiver.attempts, len(receiver.bodies), waits) == (3, 1, [0.5, 1.0])
+
+
+def test_webhook_gives_up_after_its_attempts_and_on_client_errors() -> None:
+    busy = WebhookReceiver(fail=5)
+    refusing = WebhookReceiver(fail=5, fail_with=404)
+    try:
+        with pytest.raises(TransportError, match="failed after 2 tries: HTTP 503"):
+            WebhookSink("ops", busy.url, attempts=2, sleep=lambda _s: None).send(NOTE)
+        with pytest.raises(TransportError, match="refused the alert: HTTP 404"):
+            WebhookSink("ops", refusing.url, attempts=3, sleep=lambda _s: None).send(NOTE)
+        assert (busy.attempts, refusing.attempts) == (2, 1)
+    finally:
+        busy.close()
+        refusing.close()
+
+
+def test_webhook_to_a_closed_port_is_a_transport_error() -> None:
+    closed = WebhookReceiver()
+    url = closed.url
+    closed.close()
+    with pytest.raises(TransportError):
+        WebhookSink("ops", url, attempts=1, timeout=2).send(NOTE)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"name": "ops", "kind": "webhook", "url": "ftp://x"}, "http"),
+        ({"name": "ops", "kind": "sns", "topic_arn": "topic"}, "ARN"),
+        ({"name": "ops", "kind": "pager"}, "not one of"),
+        ({"name": "o p s", "kind": "log"}, "letters, digits"),
+        ({"name": "ops", "kind": "log", "min_severity": "loud"}, "min severity"),
+        ({"name": "ops", "kind": "log", "colour": "red"}, "unknown sink fields"),
+    ],
+)
+def test_bad_sink_specs_are_refused(spec: dict[str, str], match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        SinkSpec.from_json(spec)
+
+
+def test_sns_sink_publishes_to_a_topic_on_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        kwargs = {"region_name": "eu-west-1", "endpoint_url": endpoint}
+        sns = boto3.client("sns", **kwargs)
+        sqs = boto3.client("sqs", **kwargs)
+        topic = sns.create_topic(Name="tufota-alerts")["TopicArn"]
+        queue = sqs.create_queue(QueueName="ops")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+        sink = build_sink(
+            SinkSpec("aws", "sns", topic_arn=topic, region="eu-west-1", endpoint_url=endpoint)
+        )
+        assert isinstance(sink, SnsSink)
+        sink.send(NOTE)
+
+        messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2)["Messages"]
+        envelope = json.loads(messages[0]["Body"])
+        assert envelope["Subject"].startswith("[tufota CRITICAL] rollout r1 paused")
+        assert json.loads(envelope["Message"]) == NOTE.payload()
+        assert envelope["MessageAttributes"]["kind"]["Value"] == "rollout_paused"
+
+        gone = SnsSink("aws", topic + "-missing", sns)
+        with pytest.raises(TransportError, match="SNS sink aws failed"):
+            gone.send(NOTE)
+    finally:
+        server.stop()
