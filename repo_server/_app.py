@@ -2,7 +2,8 @@
 
 Routers (one module each):
 * ``_routes_repo``: ``/metadata/*``, ``/targets/*`` (the static TUF tree), ``/api/v1/health``.
-* ``_routes_devices``: signed device reports and device history.
+* ``_routes_devices``: device registration and status, signed reports, history.
+* ``_routes_releases``: ``POST /api/v1/releases``, verified bundle uploads.
 * ``_routes_rollouts``: rollouts and fleet status.
 
 Every error body is ``{"error": CODE, "message": TEXT}`` (``_errors``). The
@@ -19,7 +20,14 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from repo_server import _routes_devices, _routes_repo, _routes_rollouts
+from repo_server import (
+    _dashboard,
+    _metrics,
+    _routes_devices,
+    _routes_releases,
+    _routes_repo,
+    _routes_rollouts,
+)
 from repo_server._context import ServerContext
 from repo_server._errors import EXCEPTION_HANDLERS
 
@@ -45,7 +53,7 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
             tasks = [
                 asyncio.create_task(_every(ctx.tick_interval, "rollout-tick", ctx.controller.tick)),
                 asyncio.create_task(
-                    _every(ctx.refresh_interval, "online-refresh", ctx.publisher.refresh_online)
+                    _every(ctx.refresh_interval, "online-refresh", ctx.refresh_online)
                 ),
             ]
         yield
@@ -58,6 +66,14 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
-    for module in (_routes_repo, _routes_devices, _routes_rollouts):
+    for module in (
+        _routes_repo,
+        _routes_devices,
+        _routes_releases,
+        _routes_rollouts,
+        _dashboard,
+        _metrics,
+    ):
         app.include_router(module.build_router(ctx))
+    app.add_middleware(_metrics.ReportIngestMiddleware, ingest=_metrics.ingest_for(ctx))
     return app
