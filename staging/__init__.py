@@ -64,7 +64,7 @@ from staging._sinks import AlertSink, LogSink, SnsSink, WebhookSink, build_sink
 from staging._sqlite import SqliteTrackerStore
 from staging._stalls import Finding, find_stall
 from staging._store import TrackerStore
-from staging._window import MaintenanceWindow, check_window
+from tufota_core import MaintenanceWindow, check_window  # re-exported: the parser lives in core
 
 __all__ = [
     "ALERT_KINDS",

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from staging._window import check_window
-from tufota_core import InputError, Wave, format_time
+from tufota_core import InputError, Wave, check_window, format_time
 
 DEVICE_STATUSES = ("pending", "accepted", "revoked")
 """Registration status: ``revoked`` devices are ignored by every rollout gate."""

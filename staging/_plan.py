@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from staging._model import RolloutOptions
-from staging._window import check_window
-from tufota_core import FirmwareInfo, InputError, Wave, parse_wave_spec
+from tufota_core import FirmwareInfo, InputError, Wave, check_window, parse_wave_spec
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -49,6 +49,7 @@ from tufota_core._rollout import (
 )
 from tufota_core._semver import Version, is_newer
 from tufota_core._time import format_time, parse_time, utcnow
+from tufota_core._window import MaintenanceWindow, check_window
 
 __all__ = [
     "DEVICE_STATES",
@@ -61,6 +62,7 @@ __all__ = [
     "FirmwareInfo",
     "InputError",
     "InstallError",
+    "MaintenanceWindow",
     "NotFoundError",
     "Report",
     "RepositoryError",
@@ -75,6 +77,7 @@ __all__ = [
     "check_file_name",
     "check_hardware_id",
     "check_tag",
+    "check_window",
     "cohort_bucket",
     "firmware_target_path",
     "format_time",

@@ -29,6 +29,7 @@ from tufota_core._names import (
     check_tag,
     firmware_target_path,
 )
+from tufota_core._window import check_window
 
 ROLLOUT_STATES = ("active", "paused", "aborted", "completed")
 BUCKETS = 10_000
@@ -200,6 +201,7 @@ class RolloutDoc:
             raise InputError(f"current wave {self.current_wave} is out of range")
         if self.state not in ROLLOUT_STATES:
             raise InputError(f"rollout state {self.state!r} is not one of {ROLLOUT_STATES}")
+        check_window(self.maintenance_window)
 
     def eligible_wave(self, device_id: str, tags: Iterable[str]) -> int | None:
         """The device's wave index when it may install now, else None."""

@@ -17,8 +17,8 @@ Invariants:
   (days sorted from Monday, runs of three or more days written as ranges,
   seven days written as ``daily``).
 * A window belongs to the day it starts on: ``contains`` checks the start day.
-* Pure: no clock, no I/O. The device agent may carry a copy of this parser;
-  it belongs in ``tufota_core`` next to ``RolloutDoc`` (see docs/rollouts.md).
+* Pure: no clock, no I/O. It lives in the core because both sides read it:
+  the controller validates windows, devices obey them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from tufota_core import InputError
+from tufota_core._errors import InputError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
