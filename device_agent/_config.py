@@ -76,9 +76,16 @@ class AgentLimits:
         connect_timeout: Seconds to wait for a TCP/TLS connection.
         read_timeout: Seconds to wait between bytes received.
         chunk_size: Bytes read per network chunk of metadata.
-        download_chunk_size: Largest chunk read from a firmware stream.
-        download_queue_depth: Chunks in flight between the receiving and the
-            hashing thread; with ``download_chunk_size`` this bounds memory.
+        download_chunk_size: Largest chunk read from a firmware stream (the size
+            of each reusable receive buffer).
+        download_queue_depth: Receive buffers; with ``download_chunk_size`` this
+            bounds memory. 1: each chunk is hashed in the receiving thread; more:
+            a second thread hashes while that many chunks are in flight, which
+            only pays with an idle core (on the 2-core benchmark box it is slower).
+        download_writeback_bytes: A download hands what it wrote to the kernel's
+            writeback every this many bytes, so the final fsync does not flush the
+            whole image at once and unwritten image data in RAM stays bounded
+            (0: only the final fsync).
         min_bytes_per_second: A transfer slower than this over ``slow_window``
             seconds is abandoned as a slow-retrieval attack (it resumes later).
         slow_window: Seconds over which ``min_bytes_per_second`` is measured.
@@ -96,8 +103,9 @@ class AgentLimits:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     chunk_size: int = 64 * 1024
-    download_chunk_size: int = 1024 * 1024
-    download_queue_depth: int = 8
+    download_chunk_size: int = 4 * 1024 * 1024
+    download_queue_depth: int = 1
+    download_writeback_bytes: int = 32 * 1024 * 1024
     min_bytes_per_second: float = 64.0
     slow_window: float = 60.0
     budget_save_bytes: int = 4 * 1024 * 1024

@@ -2,10 +2,11 @@
 
 The orchestrator gets a ``TargetFile`` from ngclient (length and hashes,
 verified through the delegation chain) and asks :class:`Downloader` to put
-exactly those bytes at ``dest``. The body is streamed once: the receiving
-thread writes each chunk to ``dest.part`` while a second thread hashes the same
-chunk, so nothing is read back from disk and nothing is held in memory beyond
-``download_queue_depth`` chunks.
+exactly those bytes at ``dest``. The body is streamed once: each chunk is
+received into one of ``download_queue_depth`` reusable buffers, written to
+``dest.part`` and hashed (in the receiving thread, or on a second one when
+there are several buffers), so nothing is read back from disk and nothing is
+held in memory beyond those buffers.
 
 Invariants:
 * ``dest`` appears (fsync, then ``os.replace``) only after the byte count
@@ -29,13 +30,16 @@ Invariants:
   ``TransportError``.
 * Bytes fetched count against the optional data budget
   (``state_dir/budget.json``), which is saved at least every
-  ``budget_save_bytes``; a crash can under-count by at most that much.
+  ``budget_save_bytes``; a crash can under-count by at most that much. No read
+  asks for more than the budget has left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import io
 import logging
 import os
 import queue
@@ -48,6 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+import urllib3
 from tuf.api.metadata import TargetFile
 
 from device_agent import _faults
@@ -64,13 +69,14 @@ from device_agent._errors import (
 )
 from device_agent._fs import atomic_write_json, fsync_dir, read_json
 from device_agent._pace import DataBudget, StallGuard, Throttle
-from tufota_core import RepositoryError, TransportError, TufotaError, VerificationError
+from tufota_core import RepositoryError, TransportError, VerificationError
 
 logger = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _BLAKE2B_256 = "blake2b-256"  # securesystemslib's name for BLAKE2b with a 32-byte digest
 ProgressCallback = Callable[[int, int], None]
+Reader = Callable[[memoryview], int]
 
 
 @dataclass(frozen=True)
@@ -158,13 +164,16 @@ class Opened:
 
     Attributes:
         offset: The byte offset the body starts at (0 when a range was not honoured).
-        chunks: The body; raises ``TransportError`` on network failure.
+        readinto: Reads the next bytes of the body into the buffer it is given and
+            returns how many: as soon as some arrived (at least 1, at most the
+            buffer's length), 0 at the end of the body. Raises ``TransportError``
+            on network failure.
         validator: The server's strong ETag, if any, to send as ``If-Range`` later.
         close: Releases the connection.
     """
 
     offset: int
-    chunks: Iterator[bytes]
+    readinto: Reader
     validator: str | None
     close: Callable[[], None]
 
@@ -234,25 +243,67 @@ class HttpSource(ByteSource):
             )
         etag = response.headers.get("ETag")
         strong = etag if etag and not etag.startswith("W/") else None
-        return Opened(start, self._chunks(url, response), strong, response.close)
+        return Opened(start, self._reader(url, response), strong, response.close)
 
-    def _chunks(self, url: str, response: requests.Response) -> Iterator[bytes]:
-        # read1 returns what has arrived (up to the chunk size) instead of
-        # waiting for a full chunk, so a trickling server is noticed in time.
-        raw = response.raw
-        size = self._limits.download_chunk_size
-        try:
-            while chunk := raw.read1(size):
-                yield chunk
-        except requests.Timeout as e:
-            raise coded(TransportError(f"timed out reading {url}"), SLOW_RETRIEVAL) from e
-        except Exception as e:  # urllib3 and socket errors, whatever their class
-            if isinstance(e, TufotaError):
-                raise
-            raise coded(
-                TransportError(f"connection lost reading {url}: {type(e).__name__}: {e}"),
-                SERVER_UNREACHABLE,
-            ) from e
+    def _reader(self, url: str, response: requests.Response) -> Reader:
+        read = _body_reader(response)
+
+        def readinto(buffer: memoryview) -> int:
+            try:
+                return read(buffer)
+            except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as e:
+                raise coded(TransportError(f"timed out reading {url}"), SLOW_RETRIEVAL) from e
+            except Exception as e:  # urllib3 and socket errors, whatever their class
+                raise coded(
+                    TransportError(f"connection lost reading {url}: {type(e).__name__}: {e}"),
+                    SERVER_UNREACHABLE,
+                ) from e
+
+        return readinto
+
+
+def _body_reader(response: requests.Response) -> Reader:
+    """Read what has arrived of ``response``'s body, straight into the caller's buffer.
+
+    A body with a ``Content-Length`` and no transfer or content coding (what a
+    static server or a CDN sends for a firmware file) is read from the
+    connection's buffered socket with ``readinto1``: one ``recv`` into the
+    caller's buffer, no allocation and no copy per chunk, and never a byte past
+    ``Content-Length`` (reading on would block on a keep-alive connection). A
+    body that ends before ``Content-Length`` raises ``ConnectionError``, as
+    urllib3 does. Anything else goes through urllib3's ``read1`` and is copied.
+    """
+    raw = response.raw
+    inner = getattr(raw, "_fp", None)  # urllib3 2 keeps http.client's response here
+    sock = getattr(inner, "fp", None)
+    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if (
+        isinstance(inner, http.client.HTTPResponse)
+        and not inner.chunked
+        and isinstance(inner.length, int)
+        and coding == "identity"
+        and isinstance(sock, io.BufferedReader)
+    ):
+        left = inner.length
+
+        def direct(buffer: memoryview) -> int:
+            nonlocal left
+            if not left or not buffer:
+                return 0
+            n = sock.readinto1(buffer[:left] if len(buffer) > left else buffer)
+            if not n:
+                raise ConnectionError(f"the body ended {left} bytes before its Content-Length")
+            left -= n
+            return n
+
+        return direct
+
+    def copied(buffer: memoryview) -> int:
+        data = raw.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    return copied
 
 
 class FileSource(ByteSource):
@@ -264,21 +315,20 @@ class FileSource(ByteSource):
     def open(self, url: str, offset: int, validator: str | None) -> Opened:
         path = Path(url_to_path(url))
         try:
-            f = path.open("rb")
+            f = path.open("rb", buffering=0)
         except OSError as e:
             raise coded(TransportError(f"cannot open {path}: {e}"), DOWNLOAD_FAILED) from e
         size = os.fstat(f.fileno()).st_size
         start = offset if 0 < offset <= size else 0
         f.seek(start)
 
-        def chunks() -> Iterator[bytes]:
+        def readinto(buffer: memoryview) -> int:
             try:
-                while chunk := f.read(self._chunk):
-                    yield chunk
+                return f.readinto(buffer[: self._chunk]) or 0
             except OSError as e:
                 raise coded(TransportError(f"cannot read {path}: {e}"), DOWNLOAD_FAILED) from e
 
-        return Opened(start, chunks(), None, f.close)
+        return Opened(start, readinto, None, f.close)
 
 
 def url_to_path(url: str) -> str:
@@ -294,36 +344,114 @@ def url_to_path(url: str) -> str:
 # -- the downloader ------------------------------------------------------------------
 
 
-class _HashThread:
-    """Hashes chunks in order on a worker thread (hashlib releases the GIL)."""
+class _Pipeline:
+    """Reusable receive buffers and the hashers they are fed to, in order.
 
-    def __init__(self, hashers: dict[str, Any], depth: int) -> None:
+    ``depth`` buffers of ``size`` bytes are allocated once: the receiving
+    thread takes a free one (:meth:`take`, which waits while all are in
+    flight), fills and writes it, and hands it over (:meth:`hash`). Memory is
+    ``depth * size`` whatever the transfer, and no bytes object is allocated
+    per chunk. With ``depth`` 1 the buffer is hashed right away, in the
+    receiving thread. With more, a worker thread hashes while the next chunks
+    arrive (hashlib releases the GIL for the whole update): that only pays
+    when a core is idle for it, which a loaded device or a two-core box whose
+    second core serves or does other work does not have.
+    """
+
+    def __init__(self, hashers: dict[str, Any], size: int, depth: int) -> None:
         self.hashers = hashers
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._run, name="tufota-hash", daemon=True)
-        self._thread.start()
+        self._list = list(hashers.values())
+        self._buffers = [memoryview(bytearray(size)) for _ in range(max(depth, 1))]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(self._buffers)):
+            self._free.put(index)
+        self._work: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if len(self._buffers) > 1:
+            self._thread = threading.Thread(target=self._run, name="tufota-hash", daemon=True)
+            self._thread.start()
+
+    def _update(self, index: int, n: int) -> None:
+        data = self._buffers[index][:n]
+        for h in self._list:
+            h.update(data)
+        data.release()
+        self._free.put(index)
 
     def _run(self) -> None:
-        hashers = list(self.hashers.values())
-        while (chunk := self._queue.get()) is not None:
-            for h in hashers:
-                h.update(chunk)
+        while (item := self._work.get()) is not None:
+            self._update(*item)
 
-    def put(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
+    def take(self) -> tuple[int, memoryview]:
+        """A free buffer (its index, and a view of all of it)."""
+        index = self._free.get()
+        return index, self._buffers[index]
+
+    def hash(self, index: int, n: int) -> None:
+        """Hash the first ``n`` bytes of buffer ``index``, after everything handed over before."""
+        if self._thread is None:
+            self._update(index, n)
+        else:
+            self._work.put((index, n))
+
+    def release(self, index: int) -> None:
+        """Give buffer ``index`` back unhashed."""
+        self._free.put(index)
 
     def finish(self) -> dict[str, str]:
-        self._queue.put(None)
-        self._thread.join()
+        self._stop()
         return {name: h.hexdigest() for name, h in self.hashers.items()}
 
-    def __enter__(self) -> _HashThread:
+    def _stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+
+    def __enter__(self) -> _Pipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self._stop()
+
+
+class _PartWriter:
+    """Writes ``dest.part`` sequentially, keeping the image out of the page cache.
+
+    Every ``sync_every`` bytes, ``posix_fadvise(DONTNEED)`` is called over the
+    last two windows written: for the newer one it starts the kernel's
+    writeback without waiting, the older one is on disk by then and its pages
+    are dropped. So the final :meth:`sync` only waits for the tail instead of
+    flushing the whole image at once; as long as the disk keeps up, about
+    ``2 * sync_every`` bytes of the image sit in RAM, and the page cache it
+    writes through is recycled instead of pushing out everything else.
+    """
+
+    def __init__(self, out: IO[bytes], offset: int, sync_every: int) -> None:
+        self._fd = out.fileno()
+        self._out = out
+        self._position = offset
+        self._pushed = self._dropped = offset
+        advise = getattr(os, "posix_fadvise", None)
+        self._every = sync_every if advise is not None and sync_every > 0 else 0
+
+    def write(self, data: memoryview) -> None:
+        while data:
+            written = self._out.write(data) or 0
+            data = data[written:]
+            self._position += written
+        if self._every and self._position - self._pushed >= self._every:
+            with contextlib.suppress(OSError):  # only advice: the final fsync is what counts
+                os.posix_fadvise(
+                    self._fd,
+                    self._dropped,
+                    self._position - self._dropped,
+                    os.POSIX_FADV_DONTNEED,
+                )
+            self._dropped, self._pushed = self._pushed, self._position
+
+    def sync(self) -> None:
+        self._out.flush()
+        os.fsync(self._fd)
 
 
 class _RestartError(Exception):
@@ -436,27 +564,29 @@ class Downloader:
                 offset = opened.offset
             if self._resume:
                 atomic_write_json(meta, {"expected": expected.to_json(), "etag": opened.validator})
+            limits = self._limits
             with (
-                _HashThread(hashers_for(expected), self._limits.download_queue_depth) as hasher,
+                _Pipeline(
+                    hashers_for(expected), limits.download_chunk_size, limits.download_queue_depth
+                ) as pipeline,
                 _open_part(part, offset) as out,
             ):
                 if offset:
                     logger.info("resuming %s at byte %d of %d", url, offset, expected.length)
-                    self._hash_prefix(part, offset, hasher)
+                    self._hash_prefix(part, offset, pipeline)
+                writer = _PartWriter(out, offset, limits.download_writeback_bytes)
                 try:
-                    fetched = self._stream(url, opened, expected, out, hasher, offset)
+                    fetched = self._stream(url, opened, expected, writer, pipeline, offset)
                 except TransportError:
-                    out.flush()
-                    os.fsync(out.fileno())
+                    writer.sync()
                     if not self._resume:
                         self._discard(part, meta)
                     raise
                 except BaseException:
                     self._discard(part, meta)
                     raise
-                out.flush()
-                os.fsync(out.fileno())
-                digests = hasher.finish()
+                writer.sync()
+                digests = pipeline.finish()
         except OSError as e:
             raise RepositoryError(f"cannot write {part}: {e}") from e
         finally:
@@ -479,20 +609,24 @@ class Downloader:
         fsync_dir(dest.parent)
         return digests["sha256"], fetched, offset
 
-    def _hash_prefix(self, part: Path, offset: int, hasher: _HashThread) -> None:
+    def _hash_prefix(self, part: Path, offset: int, pipeline: _Pipeline) -> None:
         left = offset
-        with part.open("rb") as f:
-            while left > 0 and (chunk := f.read(min(self._limits.download_chunk_size, left))):
-                hasher.put(chunk)
-                left -= len(chunk)
+        with part.open("rb", buffering=0) as f:
+            while left > 0:
+                index, buffer = pipeline.take()
+                n = f.readinto(buffer[:left] if len(buffer) > left else buffer) or 0
+                pipeline.hash(index, n)
+                if not n:
+                    raise RepositoryError(f"{part} is shorter than {offset} bytes")
+                left -= n
 
     def _stream(
         self,
         url: str,
         opened: Opened,
         expected: Expected,
-        out: IO[bytes],
-        hasher: _HashThread,
+        writer: _PartWriter,
+        pipeline: _Pipeline,
         offset: int,
     ) -> int:
         total = expected.length
@@ -500,23 +634,35 @@ class Downloader:
         throttle = Throttle(self._rate)
         guard = StallGuard(self._limits.min_bytes_per_second, self._limits.slow_window)
         budget = self._budget
+        progress = self._progress
+        readinto = opened.readinto
         fetched = 0
-        for chunk in opened.chunks:
-            n = len(chunk)
+        while True:
+            index, buffer = pipeline.take()
+            # Ask for one byte more than the signed length leaves, so that a
+            # stream that goes on is noticed at its first extra byte; and never
+            # for more than the data budget allows.
+            want = total - done + 1
+            if budget is not None:
+                want = min(want, max(budget.remaining, 1))
+            n = readinto(buffer[:want] if len(buffer) > want else buffer)
+            if not n:
+                pipeline.release(index)
+                break
             if done + n > total:
                 raise coded(
                     VerificationError(f"{url} sent more than the signed {total} bytes"),
                     TARGET_LENGTH_MISMATCH,
                 )
-            _write_all(out, chunk)
-            hasher.put(chunk)
+            writer.write(buffer[:n])
+            pipeline.hash(index, n)
             done += n
             fetched += n
             _faults.point("download.chunk")
             if budget is not None:
                 budget.charge(n)
-            if self._progress is not None:
-                self._progress(done, total)
+            if progress is not None:
+                progress(done, total)
             if (slow := guard.account(n)) is not None:
                 raise coded(TransportError(f"{url} is too slow: {slow}"), SLOW_RETRIEVAL)
             throttle.account(n)
@@ -528,8 +674,8 @@ class Downloader:
                     DATA_BUDGET_EXHAUSTED,
                 )
         if done != total:
-            # The body ended cleanly (a cut connection raises above, as urllib3
-            # enforces Content-Length): the server's file is not the signed one.
+            # The body ended cleanly (a cut connection raises above, as the
+            # Content-Length is enforced): the server's file is not the signed one.
             raise coded(
                 VerificationError(f"{url} is {done} bytes, not the signed {total}"),
                 TARGET_LENGTH_MISMATCH,
@@ -549,10 +695,3 @@ def _open_part(part: Path, offset: int) -> Iterator[IO[bytes]]:
         raise
     with f:
         yield f
-
-
-def _write_all(out: IO[bytes], data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = out.write(view)
-        view = view[written or 0 :]

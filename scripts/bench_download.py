@@ -7,14 +7,19 @@ One static HTTP server (a separate process, ``sendfile``, ``Range``/``ETag``)
 serves a random image and the TUF metadata that signs it, on 127.0.0.1. In
 the same run, each client downloads the same file to the same disk:
 
-* ``curl -o`` (no verification: the floor to beat);
+* ``curl -o`` (no verification, no fsync: the floor to beat), and for
+  reference ``curl -o`` followed by ``sync FILE`` (the same durability as the
+  agent, which fsyncs before it renames);
 * the agent: TUF refresh, then ``device_agent``'s ``Downloader`` (hash while
   writing, one pass, resumable), in its own process with the agent's
   dependency set (``boto3`` blocked, as on a device without the server extra);
 * stock ``tuf.ngclient``: refresh, then ``Updater.download_target``.
 
-Each figure is the best of ``--repeat`` runs, each started after ``sync``.
-Reported: throughput and its ratio to curl, peak RSS of the client process
+The clients take turns, ``--repeat`` rounds; before every run the output
+directory is emptied, ``sync`` flushes the previous run's writes, and the
+served image is read once so that every client finds it in the page cache.
+Reported: the median and the best throughput and their ratios to curl's
+median and best, peak RSS of the client process
 (VmHWM, sampled every 5 ms), peak extra disk used during the
 download (1.00x = no second copy), and, for the agent, the share of the image
 fetched again when a transfer cut at 90% is resumed.
@@ -29,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,6 +218,14 @@ def run_measured(argv: list[str], disk_dir: Path) -> tuple[float, int, int, str]
     return seconds, peak[1], peak[0], stdout
 
 
+def warm(path: Path) -> None:
+    """Read ``path`` once so that the server sends it from the page cache."""
+    buffer = bytearray(4 * MiB)
+    with path.open("rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -225,7 +239,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--size", default="1GiB", help="image size, e.g. 64MiB or 1GiB")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per client (best is kept)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="runs per client (median and best reported)"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (one disk)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
@@ -259,28 +275,33 @@ def main() -> int:
         dest = work / "out" / "image.bin"
         dest.parent.mkdir()
         curl = shutil.which("curl")
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict[str, Any]] = {}
 
         def once(name: str) -> None:
             for leftover in dest.parent.iterdir():
                 leftover.unlink()
+            warm(repo / "targets" / "image.bin")
             if name == "curl":
                 argv = [str(curl), "-sS", "-o", str(dest), f"{url}/targets/image.bin"]
+            elif name == "curl+sync":
+                # sync FILE fsyncs it, as the agent does before its rename.
+                command = '"$0" -sS -o "$1" "$2" && sync "$1"'
+                argv = ["sh", "-c", command, str(curl), str(dest), f"{url}/targets/image.bin"]
             else:
                 argv = [sys.executable, __file__, "--client", name, "--url", url]
                 argv += ["--root", str(root_file), "--dir", str(work), "--dest", str(dest)]
             seconds, rss, disk, stdout = run_measured(argv, work)
-            if name != "curl":
+            if not name.startswith("curl"):
                 # In-process time (metadata refresh + download): a device's agent is
                 # already running, so interpreter start-up is not part of it.
                 seconds = json.loads(stdout)["seconds"]
             assert dest.stat().st_size == size
-            best = results.setdefault(name, {"seconds": seconds, "rss": rss, "disk": disk})
-            best["seconds"] = min(best["seconds"], seconds)
-            best["rss"] = max(best["rss"], rss)
-            best["disk"] = max(best["disk"], disk)
+            runs = results.setdefault(name, {"seconds": [], "rss": 0, "disk": 0})
+            runs["seconds"].append(seconds)
+            runs["rss"] = max(runs["rss"], rss)
+            runs["disk"] = max(runs["disk"], disk)
 
-        names = (["curl"] if curl else []) + ["agent", "stock"]
+        names = (["curl", "curl+sync"] if curl else []) + ["agent", "stock"]
         for _ in range(args.repeat):
             for name in names:
                 once(name)
@@ -300,15 +321,24 @@ def main() -> int:
         assert not second.get("error"), second
         assert sha256_of(dest) == sha256
 
-        print(f"image {size / MiB:.0f} MiB on 127.0.0.1, best of {args.repeat}")
-        print(f"{'client':8} {'MiB/s':>8} {'x curl':>7} {'peak RSS':>9} {'peak disk':>10}")
-        base = results["curl"]["seconds"] if "curl" in results else None
+        print(f"image {size / MiB:.0f} MiB on 127.0.0.1, {args.repeat} runs per client")
+        print(
+            f"{'client':10} {'median MiB/s':>12} {'x curl':>7} {'best MiB/s':>11} {'x curl':>7} "
+            f"{'peak RSS':>9} {'peak disk':>10}  all runs (MiB/s)"
+        )
+        medians = {name: statistics.median(r["seconds"]) for name, r in results.items()}
+        bests = {name: min(r["seconds"]) for name, r in results.items()}
         for name in names:
             r = results[name]
-            ratio = f"{base / r['seconds']:.2f}" if base else "-"
+            ratio = f"{medians['curl'] / medians[name]:.2f}" if curl else "-"
+            best_ratio = f"{bests['curl'] / bests[name]:.2f}" if curl else "-"
+            every = " ".join(f"{size / MiB / s:.0f}" for s in r["seconds"])
+            # curl+sync runs under sh, whose peak RSS says nothing about curl.
+            rss = "-" if name == "curl+sync" else f"{r['rss'] / MiB:.0f}Mi"
             print(
-                f"{name:8} {size / MiB / r['seconds']:8.0f} {ratio:>7} "
-                f"{r['rss'] / MiB:7.0f}Mi {r['disk'] / size:9.2f}x"
+                f"{name:10} {size / MiB / medians[name]:12.0f} {ratio:>7} "
+                f"{size / MiB / bests[name]:11.0f} {best_ratio:>7} "
+                f"{rss:>9} {r['disk'] / size:9.2f}x  {every}"
             )
         again = max(0, cut - second["resumed_from"])
         print(

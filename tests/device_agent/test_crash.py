@@ -95,7 +95,9 @@ def crash_env(env: Env, tmp_path: Path) -> Env:
     env.repo.set_rollout(NEW)
     env.repo.publish()
     env.config = dataclasses.replace(
-        env.config, limits=AgentLimits(download_chunk_size=8 * 1024), progress_step=0
+        env.config,
+        limits=AgentLimits(download_chunk_size=8 * 1024, download_writeback_bytes=16 * 1024),
+        progress_step=0,
     )
     pristine = tmp_path / "pristine"
     shutil.copytree(env.device_dir, pristine)
