@@ -30,6 +30,7 @@ from repo_server import (
 )
 from repo_server._context import ServerContext
 from repo_server._errors import EXCEPTION_HANDLERS
+from repo_server._ingest import ReportFastPath
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         yield
         for task in tasks:
             task.cancel()
+        await asyncio.to_thread(ctx.close_ingest)
 
     app = FastAPI(
         title="tufota repository server",
@@ -75,5 +77,7 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         _metrics,
     ):
         app.include_router(module.build_router(ctx))
+    # Innermost first: the metrics middleware must see the reports the fast path answers.
+    app.add_middleware(ReportFastPath, ingestor=ctx.report_ingestor)
     app.add_middleware(_metrics.ReportIngestMiddleware, ingest=_metrics.ingest_for(ctx))
     return app

@@ -18,6 +18,7 @@ from fastapi import Request
 
 from repo_server._auth import Principal, TokenStore, requirement
 from repo_server._config import ServerLimits
+from repo_server._ingest import ReportIngestor
 from repo_server._publisher import Publisher
 from staging import RolloutController, TrackerStore
 from tufota_core import TufotaError, format_time, utcnow
@@ -63,11 +64,25 @@ class ServerContext:
     limits: ServerLimits = field(default_factory=ServerLimits)
     storage_url: str = ""
     refresh: RefreshStatus = field(default_factory=RefreshStatus)
+    _ingestor: ReportIngestor | None = field(default=None, repr=False)
+    _ingest_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _refresh_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def require(self, permission: str) -> Callable[[Request], Principal]:
         """A FastAPI dependency admitting principals with ``permission`` (read, operate, upload)."""
         return requirement(permission, lambda: self.tokens, lambda: self.local_viewer)
+
+    def report_ingestor(self) -> ReportIngestor:
+        """The one report ingestor (key cache, writer thread) of this context's store."""
+        with self._ingest_lock:
+            if self._ingestor is None:
+                self._ingestor = ReportIngestor(self.store)
+            return self._ingestor
+
+    def close_ingest(self) -> None:
+        """Commit the queued reports and stop the writer thread (it restarts on demand)."""
+        if self._ingestor is not None:
+            self._ingestor.close()
 
     def refresh_online(self, margin: timedelta | None = None) -> list[str]:
         """Re-sign the online roles due for it and record the outcome.

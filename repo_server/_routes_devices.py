@@ -2,36 +2,23 @@
 
 Invariants: a report is applied only after its signature verified against the
 device's registered key and its sequence number is above the last accepted
-one; a refused report changes nothing. Registering, accepting and revoking
+one; a refused report changes nothing; a 202 is sent only once the report is
+committed (``_ingest``: group commit on one writer thread). Registering, accepting and revoking
 need the ``operate`` permission; listing and reading need ``read``. Device
 keys are never echoed whole: operators see their id and type.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, Field
-from securesystemslib.signer import SSlibKey
 
 from repo_server import _devices
 from repo_server._context import ServerContext
-from repo_server._errors import ApiError, error_responses
-from staging import ReplayError
-from tufota_core import (
-    MAX_REPORT_BYTES,
-    ConflictError,
-    InputError,
-    NotFoundError,
-    VerificationError,
-    check_device_id,
-    parse_envelope,
-    utcnow,
-    verify_report,
-)
+from repo_server._errors import error_responses
+from tufota_core import check_device_id
 
 
 class DeviceRegistration(BaseModel):
@@ -43,6 +30,31 @@ class DeviceRegistration(BaseModel):
         description="device.pub as a JSON object, or a PEM 'PUBLIC KEY' block"
     )
     tags: list[str] = Field(default_factory=list, description="cohort tags", max_length=32)
+
+
+class ReportAccepted(BaseModel):
+    """The answer to a report committed to the tracker."""
+
+    accepted: bool = True
+    seq: int = Field(description="the report's sequence number, now the device's last_seq")
+    transition: bool = Field(
+        description="the report changed the device's state, version, target or error"
+    )
+
+
+_REPORT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "description": "a signed envelope: {report: tufota_core.Report, signature}",
+                "required": ["report", "signature"],
+                "properties": {"report": {"type": "object"}, "signature": {"type": "object"}},
+            }
+        }
+    },
+}
 
 
 class StatusChange(BaseModel):
@@ -60,50 +72,18 @@ def build_router(ctx: ServerContext) -> APIRouter:
         "/api/v1/devices/{device_id}/reports",
         tags=["devices"],
         status_code=202,
+        response_model=ReportAccepted,
         responses=error_responses(400, 401, 403, 409, 413),
+        openapi_extra={"requestBody": _REPORT_BODY},
     )
-    async def post_report(device_id: str, request: Request) -> dict[str, Any]:
-        """Accept a signed status report (see ``tufota_core.Report``)."""
-        body = await request.body()
-        if len(body) > MAX_REPORT_BYTES:
-            raise ApiError(413, "too_large", f"a report is at most {MAX_REPORT_BYTES} bytes")
-        try:
-            check_device_id(device_id)
-            envelope = json.loads(body)
-            report, _sig = parse_envelope(envelope)
-        except ValueError as e:
-            raise ApiError(400, "bad_request", f"report body is not JSON: {e}") from None
-        except InputError as e:
-            raise ApiError(400, "bad_report", str(e)) from None
-        if report.device_id != device_id:
-            raise ApiError(400, "bad_report", "report device_id does not match the URL")
-        return await asyncio.to_thread(_apply_report, envelope, device_id)
+    async def post_report(device_id: str, request: Request) -> Response:
+        """Accept a signed status report (see ``tufota_core.Report``).
 
-    def _apply_report(envelope: Any, device_id: str) -> dict[str, Any]:
-        try:
-            device = ctx.store.get_device(device_id)
-        except NotFoundError:
-            raise ApiError(401, "unknown_device", f"device {device_id} is not registered") from None
-        if device.status == "revoked":
-            raise ApiError(403, "device_revoked", f"device {device_id} is revoked")
-        if device.status != "accepted":
-            raise ApiError(403, "device_pending", f"device {device_id} is not accepted yet")
-        key_data = dict(device.public_key)
-        keyid = str(key_data.pop("keyid", ""))
-        try:
-            key = SSlibKey.from_dict(keyid, key_data)
-            report = verify_report(envelope, key)
-        except VerificationError as e:
-            raise ApiError(401, "bad_signature", str(e)) from None
-        except (ValueError, KeyError) as e:
-            raise ApiError(500, "bad_device_key", f"registered key is unusable: {e}") from None
-        try:
-            changed = ctx.store.record_report(report, utcnow())
-        except ReplayError as e:
-            raise ApiError(409, "replayed_report", str(e)) from None
-        except ConflictError as e:
-            raise ApiError(403, "refused", str(e)) from None
-        return {"accepted": True, "seq": report.seq, "transition": changed}
+        The 202 is sent once the report is committed to the tracker.
+        """
+        ingestor = ctx.report_ingestor()  # ``_ingest.ReportFastPath`` answers it first
+        status, payload = await ingestor.ingest(device_id, await request.body())
+        return Response(payload, status, media_type="application/json")
 
     @router.get(
         "/api/v1/devices",

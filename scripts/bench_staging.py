@@ -2,9 +2,12 @@
 """Benchmarks of the staging issue; each figure is printed with a baseline from the same run.
 
 1. ingest:   signed device reports accepted over HTTP per second by ``tufota serve``
-             (a separate process), pre-signed, sent by an asyncio client over 32
-             keep-alive connections. Baseline: ``GET /metadata/timestamp.json`` per
-             second on the same server and client (the HTTP stack's ceiling here).
+             (a separate process), one report per request, pre-signed (each a new
+             device/seq: no replays), sent by wrk (2 threads, 32 keep-alive
+             connections, a Lua script cycling through the bodies). Baseline:
+             conditional ``GET /metadata/timestamp.json`` (304) per second on the
+             same server with the same wrk settings. Afterwards the server is killed
+             and the tracker must hold exactly the acknowledged reports.
 2. gate:     one gate evaluation (``RolloutController.status``: SQL aggregation) with
              N devices in the tracker. Baseline: the pure-Python evaluation of the
              same rollout (``staging.evaluate`` over every DeviceRecord).
@@ -12,22 +15,24 @@
              complete a 4-wave rollout with speedup. Baseline: the same with N/10 devices.
 
 Usage: scripts/bench_staging.py [ingest|gate|simulate|all] [--gate-devices N] [--reports N]
-       [--report-devices N] [--sim-devices N] [--speedup X]
+       [--report-devices N] [--seconds S] [--sim-devices N] [--speedup X]
+       (run under ``flock /tmp/tufota-bench.lock``: benchmarks on this box must not overlap)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import re
 import secrets
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -106,51 +111,110 @@ def _serve(
         time.sleep(0.1)
 
 
-async def _connection(host: str, port: int, requests_: list[bytes], codes: Counter[int]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        for raw in requests_:
-            writer.write(raw)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            codes[status] += 1
-    finally:
-        writer.close()
+_WRK_INGEST_LUA = r"""
+-- Each wrk thread sends its own pre-signed reports (file lines tagged with its
+-- id), in file order, once each, for the run's duration; should they all be
+-- sent before the end, the rest of the run sends GETs (answered 200, not
+-- counted) and the rate is a lower bound (the script says so).
+local threads, next_id = {}, 0
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  reqs, sent, answered, accepted, refused = {}, 0, 0, 0, {}
+  for line in io.lines(args[1]) do
+    local tid, path, body = line:match("^(%d+)\t([^\t]+)\t(.*)$")
+    if tonumber(tid) == id then
+      reqs[#reqs + 1] = wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+    end
+  end
+  nreqs = #reqs
+  filler = wrk.format("GET", "/api/v1/health")
+  -- wrk calls request() of thread 0 once before the run to check it: give it the filler.
+  if id == 0 then sent = -1 end
+end
+function request()
+  sent = sent + 1
+  if sent < 1 or sent > #reqs then return filler end
+  return reqs[sent]
+end
+function response(status, headers, body)
+  if status == 200 then return end
+  answered = answered + 1
+  if status >= 200 and status < 300 then
+    accepted = accepted + 1
+  else
+    refused[status] = (refused[status] or 0) + 1
+  end
+end
+function done(summary, latency, requests)
+  local acc, ref, exhausted = 0, {}, 0
+  for _, t in ipairs(threads) do
+    acc = acc + t:get("accepted")
+    if t:get("sent") >= t:get("nreqs") then exhausted = 1 end
+    for k, v in pairs(t:get("refused")) do ref[#ref + 1] = string.format('"%d":%d', k, v) end
+  end
+  local fmt = 'RESULT {"seconds":%f,"accepted":%d,"refused":{%s},"exhausted":%d,'
+    .. '"p50_ms":%f,"p99_ms":%f}\n'
+  io.write(string.format(fmt,
+    summary.duration / 1e6, acc, table.concat(ref, ","), exhausted,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
 
 
-def _blast(url: str, jobs: list[tuple[str, bytes]], connections: int) -> tuple[float, Counter[int]]:
-    """Send pre-built requests over keep-alive connections; each device's stay in order."""
-    host, port = url.removeprefix("http://").split(":")
-    lanes: list[list[bytes]] = [[] for _ in range(connections)]
-    lane_of: dict[str, int] = {}
-    for n, (key, raw) in enumerate(jobs):
-        lane = lane_of.setdefault(key or str(n), len(lane_of) % connections)
-        lanes[lane].append(raw)
-    codes: Counter[int] = Counter()
-
-    async def run() -> None:
-        await asyncio.gather(*(_connection(host, int(port), lane, codes) for lane in lanes))
-
-    start = time.perf_counter()
-    asyncio.run(run())
-    return time.perf_counter() - start, codes
+def _wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("the ingest benchmark needs wrk: apt-get install -y wrk")
+    return wrk
 
 
-def _post(path: str, body: bytes) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+def _wrk_polls(url: str, etag: str, seconds: int, threads: int, conns: int) -> dict[str, Any]:
+    """Conditional GETs of timestamp.json (304s): what an idle device costs; the baseline."""
+    out = subprocess.run(
+        [_wrk(), f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
+         "-H", f"If-None-Match: {etag}", f"{url}/metadata/timestamp.json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx or 3xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw errors on the baseline:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None:
+        raise SystemExit(f"cannot read wrk's output:\n{out}")
+    return {"per_second": float(match.group(1))}
 
 
-def bench_ingest(reports: int, devices: int) -> dict[str, Any]:
+def _wrk_reports(url: str, lines: Path, seconds: int, threads: int, conns: int) -> dict[str, Any]:
+    script = lines.with_suffix(".lua")
+    script.write_text(_WRK_INGEST_LUA)
+    out = subprocess.run(
+        [_wrk(), f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script),
+         url, "--", str(lines)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)
+    if found is None or "Socket errors" in out:
+        raise SystemExit(f"wrk failed on the reports:\n{out}")
+    result: dict[str, Any] = json.loads(found.group(1))
+    return result
+
+
+def bench_ingest(
+    reports: int, devices: int, seconds: int, threads: int = 2, conns: int = 32
+) -> dict[str, Any]:
+    """Signed reports per second over HTTP, one report per request, each verified and committed.
+
+    Every report is a state transition (an event row each), so afterwards the
+    tracker must hold one ``report`` event per 202 (plus at most one per
+    connection: requests in flight when wrk stopped) and the devices' ``last_seq``
+    must sum to the events; the server is SIGKILLed before the count, so an
+    acknowledged report that was not committed would show.
+    """
     passphrase = secrets.token_urlsafe(12)
+    per_device = max(1, reports // devices)
     with tempfile.TemporaryDirectory(prefix="tufota-bench-") as tmp:
         work = Path(tmp)
         repo = _repo(work, passphrase, ("1.0.0",))
@@ -164,43 +228,59 @@ def bench_ingest(reports: int, devices: int) -> dict[str, Any]:
             new.append(NewDevice(device_id, HW, public, installed_version="1.0.0"))
         with SqliteTrackerStore(repo.tracker_path) as store:
             store.register_devices(new, at=utcnow())
-        per_device = reports // devices
-        jobs = []
-        states = ("idle", "downloading", "idle", "idle")
-        for seq in range(1, per_device + 1):
-            for device_id, signer in signers:
-                report = Report(
-                    device_id=device_id,
-                    hardware_id=HW,
-                    seq=seq,
-                    state=states[seq % len(states)],
-                    installed_version="1.0.0",
-                )
-                body = json.dumps(sign_report(report, signer)).encode()
-                jobs.append((device_id, _post(f"/api/v1/devices/{device_id}/reports", body)))
+        # Seq-major order: a device's next report comes `devices / threads` requests
+        # after its previous one, long after that one was answered.
+        lines = work / "reports.txt"
+        with lines.open("w") as f:
+            for seq in range(1, per_device + 1):
+                for n, (device_id, signer) in enumerate(signers):
+                    report = Report(
+                        device_id=device_id,
+                        hardware_id=HW,
+                        seq=seq,
+                        state="downloading" if seq % 2 else "idle",  # every report a transition
+                        installed_version="1.0.0",
+                        bytes_done=seq * 1000,
+                        bytes_total=per_device * 1000,
+                    )
+                    body = json.dumps(sign_report(report, signer), separators=(",", ":"))
+                    f.write(f"{n % threads}\t/api/v1/devices/{device_id}/reports\t{body}\n")
+        total = per_device * devices
         port = _free_port()
-        server = _serve(repo, passphrase, port)
+        server = _serve(repo, passphrase, port, tick=3600.0)
         url = f"http://127.0.0.1:{port}"
         try:
-            poll = b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-            health = [("", poll)] * len(jobs)
-            base_s, base_codes = _blast(url, health, 32)
-            seconds, codes = _blast(url, jobs, 32)
+            etag = requests.get(f"{url}/metadata/timestamp.json", timeout=5).headers["ETag"]
+            baseline = _wrk_polls(url, etag, seconds, threads, conns)
+            result = _wrk_reports(url, lines, seconds, threads, conns)
         finally:
-            server.terminate()
+            server.kill()  # no graceful shutdown: every 202 must already be on disk
             server.wait(timeout=20)
-    base_ok = sum(n for c, n in base_codes.items() if c < 300)
-    ok = sum(n for c, n in codes.items() if c < 300)
-    bad = {c: n for c, n in codes.items() if c >= 300}
-    baseline = base_ok / base_s
-    rate = ok / seconds
+        with sqlite3.connect(repo.tracker_path) as db:
+            events = db.execute(
+                "SELECT count(*) FROM events WHERE kind = 'report' AND device_id LIKE 'bench-%'"
+            ).fetchone()[0]
+            seqs = db.execute(
+                "SELECT sum(last_seq) FROM devices WHERE device_id LIKE 'bench-%'"
+            ).fetchone()[0]
+    accepted = result["accepted"]
+    rate = accepted / result["seconds"]
     return {
-        "reports": len(jobs),
-        "accepted": ok,
-        "refused_by_status": bad,
+        "reports_prepared": total,
+        "all_sent_early (rate is a lower bound; raise --reports)": bool(result["exhausted"]),
+        "accepted_202": accepted,
+        "refused_by_status": result["refused"],
+        "tracker_report_events": events,
+        "tracker_sum_last_seq": seqs,
+        # Every 202 committed (a report in flight when wrk stopped may be committed
+        # unacknowledged), and each device's committed reports are seq 1..last_seq.
+        "tracker_holds_every_acknowledged": accepted <= events <= accepted + conns
+        and events == seqs,
+        "seconds": round(result["seconds"], 2),
+        "latency_ms_p50_p99": [round(result["p50_ms"], 1), round(result["p99_ms"], 1)],
         "reports_per_second": round(rate),
-        "baseline_timestamp_gets_per_second": round(baseline),
-        "ratio_to_baseline": round(rate / baseline, 3),
+        "baseline_conditional_timestamp_gets_per_second": round(baseline["per_second"]),
+        "ratio_to_baseline": round(rate / baseline["per_second"], 3),
     }
 
 
@@ -369,14 +449,18 @@ def main() -> None:
         "what", choices=("ingest", "gate", "simulate", "all"), default="all", nargs="?"
     )
     parser.add_argument("--gate-devices", type=int, default=1_000_000)
-    parser.add_argument("--reports", type=int, default=20_000)
-    parser.add_argument("--report-devices", type=int, default=2_000)
+    parser.add_argument("--reports", type=int, default=80_000)
+    parser.add_argument("--report-devices", type=int, default=4_000)
+    parser.add_argument("--seconds", type=int, default=10, help="each wrk run (ingest)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (ingest)")
     parser.add_argument("--sim-devices", type=int, default=10_000)
     parser.add_argument("--speedup", type=float, default=600.0)
     args = parser.parse_args()
     out: dict[str, Any] = {"cpus": os.cpu_count()}
     if args.what in ("ingest", "all"):
-        out["ingest"] = bench_ingest(args.reports, args.report_devices)
+        out["ingest"] = bench_ingest(
+            args.reports, args.report_devices, args.seconds, conns=args.connections
+        )
         print(json.dumps({"ingest": out["ingest"]}, indent=1), flush=True)
     if args.what in ("gate", "all"):
         out["gate"] = bench_gate(args.gate_devices)

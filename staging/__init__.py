@@ -63,7 +63,7 @@ from staging._progress import (
 from staging._sinks import AlertSink, LogSink, SnsSink, WebhookSink, build_sink
 from staging._sqlite import SqliteTrackerStore
 from staging._stalls import Finding, find_stall
-from staging._store import TrackerStore
+from staging._store import REPORT_OUTCOMES, ReportOutcome, TrackerStore
 from tufota_core import MaintenanceWindow, check_window  # re-exported: the parser lives in core
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "EXPOSURES",
     "ONLINE_ROLES",
     "PRESETS",
+    "REPORT_OUTCOMES",
     "SINK_KINDS",
     "STALL_KINDS",
     "Alert",
@@ -94,6 +95,7 @@ __all__ = [
     "Release",
     "ReleaseCatalog",
     "ReplayError",
+    "ReportOutcome",
     "RolloutController",
     "RolloutCounts",
     "RolloutOptions",

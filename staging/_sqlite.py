@@ -42,7 +42,7 @@ from staging._model import (
     RolloutRecord,
 )
 from staging._progress import RolloutCounts, WaveStatus, count_devices
-from staging._store import TrackerStore
+from staging._store import ReportOutcome, TrackerStore
 from tufota_core import (
     ROLLOUT_STATES,
     ConflictError,
@@ -214,6 +214,117 @@ def _stamp(moment: datetime) -> str:
 
 def _opt_time(text: str | None) -> datetime | None:
     return None if text is None else parse_time(text)
+
+
+_REPORT_COLUMNS = (
+    "device_id, status, hardware_id, last_seq, state, installed_version, target_version,"
+    " rollout_id, error_code, bytes_done"
+)
+_UPDATE_REPORTED = (
+    "UPDATE devices SET last_seq = ?, state = ?, installed_version = ?,"
+    " target_version = ?, rollout_id = ?, last_seen = ?, error_code = ?,"
+    " error_message = ?, bytes_done = ?, bytes_total = ?,"
+    " state_since = CASE WHEN ? THEN ? ELSE coalesce(state_since, ?) END,"
+    " progress_at = CASE WHEN ? THEN ? ELSE coalesce(progress_at, ?) END"
+    " WHERE device_id = ?"
+)
+_UPDATE_FAILED = (
+    "UPDATE devices SET failed_state = ?, failed_version = ?,"
+    " failed_rollout_id = ?, failed_at = ? WHERE device_id = ?"
+)
+_INSERT_REPORT_EVENT = (
+    "INSERT INTO events (at, kind, device_id, rollout_id, state, version, wave, seq,"
+    " reason) VALUES (?, 'report', ?, ?, ?, ?, NULL, ?, ?)"
+)
+
+
+def _apply_report(
+    device: dict[str, Any] | None,
+    report: Report,
+    when: str,
+    accepted_only: bool,
+    updates: list[tuple[Any, ...]],
+    failures: list[tuple[Any, ...]],
+    events: list[tuple[Any, ...]],
+) -> ReportOutcome:
+    """The rules of ``record_report`` for one report against the device's row.
+
+    Appends the statements' parameters to ``updates``, ``failures`` and
+    ``events`` and updates ``device`` in place, so the next report of the same
+    device in the batch sees this one applied.
+    """
+    device_id = report.device_id
+    if device is None:
+        return ReportOutcome("unknown", message=f"device {device_id} is not registered")
+    if device["hardware_id"] != report.hardware_id:
+        return ReportOutcome(
+            "wrong_hardware",
+            message=f"report names hardware {report.hardware_id}, but device "
+            f"{device_id} is registered as {device['hardware_id']}",
+        )
+    if device["status"] == "revoked":
+        return ReportOutcome("revoked", message=f"device {device_id} is revoked")
+    if accepted_only and device["status"] != "accepted":
+        return ReportOutcome("pending", message=f"device {device_id} is not accepted yet")
+    if report.seq <= device["last_seq"]:
+        return ReportOutcome(
+            "replayed",
+            message=f"report seq {report.seq} from {device_id} is not above the last "
+            f"accepted seq {device['last_seq']}",
+        )
+    installed = report.installed_version or device["installed_version"]
+    before = (
+        device["state"],
+        device["installed_version"],
+        device["target_version"],
+        device["rollout_id"],
+        device["error_code"],
+    )
+    after = (report.state, installed, report.target_version, report.rollout_id, report.error_code)
+    changed = before != after
+    state_changed = device["state"] != report.state
+    progressed = state_changed or device["bytes_done"] != report.bytes_done
+    updates.append(
+        (
+            report.seq,
+            report.state,
+            installed,
+            report.target_version,
+            report.rollout_id,
+            when,
+            report.error_code,
+            report.message,
+            report.bytes_done,
+            report.bytes_total,
+            state_changed,
+            when,
+            when,
+            progressed,
+            when,
+            when,
+            device_id,
+        )
+    )
+    if report.state in _FAILED_STATES:
+        failures.append((report.state, report.target_version, report.rollout_id, when, device_id))
+    if changed:
+        reason = report.message
+        if report.error_code:
+            reason = f"{report.error_code}: {reason}" if reason else report.error_code
+        events.append(
+            (when, device_id, report.rollout_id, report.state, installed, report.seq, reason)
+        )
+        logger.debug("device %s reported %s (seq %d)", device_id, report.state, report.seq)
+    device.update(
+        last_seq=report.seq,
+        state=report.state,
+        installed_version=installed,
+        target_version=report.target_version,
+        rollout_id=report.rollout_id,
+        error_code=report.error_code,
+        bytes_done=report.bytes_done,
+    )
+    return ReportOutcome("applied", transition=changed)
 
 
 class SqliteTrackerStore(TrackerStore):
@@ -417,98 +528,65 @@ class SqliteTrackerStore(TrackerStore):
         return record
 
     def record_report(self, report: Report, received_at: datetime) -> bool:
+        outcome = self.record_reports([report], received_at)[0]
+        if outcome.result == "unknown":
+            raise NotFoundError(outcome.message)
+        if outcome.result == "wrong_hardware":
+            raise InputError(outcome.message)
+        if outcome.result == "revoked":
+            raise ConflictError(outcome.message)
+        if outcome.result == "replayed":
+            raise ReplayError(outcome.message)
+        return outcome.transition
+
+    def record_reports(
+        self, reports: Sequence[Report], received_at: datetime, *, accepted_only: bool = False
+    ) -> list[ReportOutcome]:
+        """Apply a batch in one transaction with a handful of statements.
+
+        The devices are read once (one ``IN`` query per 500), the rules of
+        ``record_report`` run in Python over those rows in report order (a
+        later report of the same device sees the earlier one applied), and the
+        changes are written with ``executemany``: few GIL round trips, so the
+        writer thread is not starved by the event loop of the server.
+        """
         when = _stamp(received_at)
+        if not reports:
+            return []
+        ids = list({r.device_id: None for r in reports})
         with self._tx(write=True) as conn:
-            device = self._device(conn, report.device_id)
-            if device.hardware_id != report.hardware_id:
-                raise InputError(
-                    f"report names hardware {report.hardware_id}, but device "
-                    f"{device.device_id} is registered as {device.hardware_id}"
-                )
-            if device.status == "revoked":
-                raise ConflictError(f"device {device.device_id} is revoked")
-            if report.seq <= device.last_seq:
-                raise ReplayError(
-                    f"report seq {report.seq} from {device.device_id} is not above the last "
-                    f"accepted seq {device.last_seq}"
-                )
-            installed = report.installed_version or device.installed_version
-            before = (
-                device.state,
-                device.installed_version,
-                device.target_version,
-                device.rollout_id,
-                device.error_code,
-            )
-            after = (
-                report.state,
-                installed,
-                report.target_version,
-                report.rollout_id,
-                report.error_code,
-            )
-            changed = before != after
-            state_changed = device.state != report.state
-            progressed = state_changed or device.bytes_done != report.bytes_done
-            conn.execute(
-                "UPDATE devices SET last_seq = ?, state = ?, installed_version = ?,"
-                " target_version = ?, rollout_id = ?, last_seen = ?, error_code = ?,"
-                " error_message = ?, bytes_done = ?, bytes_total = ?,"
-                " state_since = CASE WHEN ? THEN ? ELSE coalesce(state_since, ?) END,"
-                " progress_at = CASE WHEN ? THEN ? ELSE coalesce(progress_at, ?) END"
-                " WHERE device_id = ?",
-                (
-                    report.seq,
-                    report.state,
-                    installed,
-                    report.target_version,
-                    report.rollout_id,
-                    when,
-                    report.error_code,
-                    report.message,
-                    report.bytes_done,
-                    report.bytes_total,
-                    state_changed,
-                    when,
-                    when,
-                    progressed,
-                    when,
-                    when,
-                    report.device_id,
-                ),
-            )
-            if report.state in _FAILED_STATES:
-                conn.execute(
-                    "UPDATE devices SET failed_state = ?, failed_version = ?,"
-                    " failed_rollout_id = ?, failed_at = ? WHERE device_id = ?",
-                    (
-                        report.state,
-                        report.target_version,
-                        report.rollout_id,
+            rows: dict[str, dict[str, Any]] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {_REPORT_COLUMNS} FROM devices WHERE device_id IN ({marks})",  # noqa: S608
+                    chunk,
+                ):
+                    rows[row["device_id"]] = dict(row)
+            outcomes: list[ReportOutcome] = []
+            updates: list[tuple[Any, ...]] = []
+            failures: list[tuple[Any, ...]] = []
+            events: list[tuple[Any, ...]] = []
+            for report in reports:
+                outcomes.append(
+                    _apply_report(
+                        rows.get(report.device_id),
+                        report,
                         when,
-                        report.device_id,
-                    ),
+                        accepted_only,
+                        updates,
+                        failures,
+                        events,
+                    )
                 )
-            if changed:
-                reason = report.message
-                if report.error_code:
-                    reason = f"{report.error_code}: {reason}" if reason else report.error_code
-                self._add_event(
-                    conn,
-                    at=when,
-                    kind="report",
-                    device_id=report.device_id,
-                    rollout_id=report.rollout_id,
-                    state=report.state,
-                    version=installed,
-                    seq=report.seq,
-                    reason=reason,
-                )
-        if changed:
-            logger.debug(
-                "device %s reported %s (seq %d)", report.device_id, report.state, report.seq
-            )
-        return changed
+            if updates:
+                conn.executemany(_UPDATE_REPORTED, updates)
+            if failures:
+                conn.executemany(_UPDATE_FAILED, failures)
+            if events:
+                conn.executemany(_INSERT_REPORT_EVENT, events)
+        return outcomes
 
     def device_history(self, device_id: str, limit: int | None = None) -> list[Event]:
         with self._tx(write=False) as conn:

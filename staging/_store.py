@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -35,6 +36,28 @@ from staging._alerts import Alert, AlertDraft, AlertSettings, Notification, Sink
 from staging._model import DeviceRecord, Event, NewDevice, RolloutOptions, RolloutRecord
 from staging._progress import RolloutCounts
 from tufota_core import Report, Wave
+
+REPORT_OUTCOMES = ("applied", "replayed", "unknown", "revoked", "pending", "wrong_hardware")
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What ``TrackerStore.record_reports`` did with one report.
+
+    Attributes:
+        result: one of ``REPORT_OUTCOMES``; only ``applied`` changed anything.
+        transition: for ``applied``, whether the report changed the device's
+            state, version, target or error (``record_report``'s return value).
+        message: for a refused report, why (the text ``record_report`` raises with).
+    """
+
+    result: str
+    transition: bool = False
+    message: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.result == "applied"
 
 
 class TrackerStore(ABC):
@@ -111,6 +134,33 @@ class TrackerStore(ABC):
             InputError: the report's hardware id is not the device's.
             ConflictError: the device is revoked.
             ReplayError: ``report.seq`` is not above the last accepted one.
+        """
+
+    @abstractmethod
+    def record_reports(
+        self, reports: Sequence[Report], received_at: datetime, *, accepted_only: bool = False
+    ) -> list[ReportOutcome]:
+        """Apply many verified reports in one transaction (group commit).
+
+        Each report is applied exactly as ``record_report`` would, in order, so
+        a later report of the same device sees the earlier one's ``last_seq``.
+        A report ``record_report`` would refuse changes nothing and gets its
+        outcome instead of an exception; the others are applied. When this
+        returns, every ``applied`` report is durably committed; when it raises,
+        none of them is.
+
+        Args:
+            reports: signature-verified reports.
+            received_at: when they arrived (one time for the batch).
+            accepted_only: also refuse (outcome ``pending``) reports of devices
+                that are not ``accepted``, read in the same transaction, so a
+                status change made before the batch takes effect at once.
+
+        Returns:
+            One outcome per report, in order.
+
+        Raises:
+            StoreError: the store failed; nothing was applied.
         """
 
     @abstractmethod

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from staging import ReplayError, RolloutOptions, SqliteTrackerStore, StoreError
+from staging import ReplayError, RolloutOptions, SqliteTrackerStore, StagingConfig, StoreError
 from tests.staging.helpers import HW, START, Devices, FakeClock
 from tufota_core import (
     ConflictError,
@@ -202,6 +202,72 @@ def test_failure_is_remembered_after_the_device_goes_idle(
         "2.0.0",
         "r1",
     )
+
+
+def test_a_batch_of_reports_has_the_outcomes_record_report_would_give(
+    devices: Devices, store: SqliteTrackerStore
+) -> None:
+    ok, revoked, pending = devices.add(3)
+    store.set_device_status(revoked, "revoked")
+    store.set_device_status(pending, "pending")
+    batch = [
+        Report(ok, HW, 1, "downloading", target_version="2.0.0", bytes_done=10),
+        Report(ok, HW, 1, "idle"),  # same seq again in the batch: a replay
+        Report(ok, HW, 2, "failed", target_version="2.0.0", error_code="no_space"),
+        Report("ghost", HW, 1, "idle"),
+        Report(ok, "sensor-9", 3, "idle"),
+        Report(revoked, HW, 1, "idle"),
+        Report(pending, HW, 1, "idle"),
+    ]
+    outcomes = store.record_reports(batch, START, accepted_only=True)
+    assert [(o.result, o.transition) for o in outcomes] == [
+        ("applied", True),
+        ("replayed", False),
+        ("applied", True),
+        ("unknown", False),
+        ("wrong_hardware", False),
+        ("revoked", False),
+        ("pending", False),
+    ]
+    assert "not above the last accepted seq 1" in outcomes[1].message
+    got = store.get_device(ok)
+    assert (got.last_seq, got.state, got.failed_state, got.error_code) == (
+        2,
+        "failed",
+        "failed",
+        "no_space",
+    )
+    assert [(e.seq, e.state) for e in store.device_history(ok) if e.kind == "report"] == [
+        (1, "downloading"),
+        (2, "failed"),
+    ]
+    assert store.get_device(revoked).last_seq == store.get_device(pending).last_seq == 0
+
+
+def test_a_pending_device_still_reports_through_record_report(
+    devices: Devices, store: SqliteTrackerStore
+) -> None:
+    (dev,) = devices.add(1)
+    store.set_device_status(dev, "pending")
+    (outcome,) = store.record_reports([Report(dev, HW, 1, "idle")], START)
+    assert outcome.applied
+    assert store.get_device(dev).last_seq == 1
+
+
+def test_a_batch_that_fails_applies_nothing(devices: Devices, store: SqliteTrackerStore) -> None:
+    first, second = devices.add(2)
+    quick = SqliteTrackerStore(store._path, StagingConfig(busy_timeout_seconds=0.1))
+    blocker = sqlite3.connect(store._path, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        batch = [Report(first, HW, 1, "idle"), Report(second, HW, 1, "idle")]
+        with pytest.raises(StoreError, match="locked"):
+            quick.record_reports(batch, START)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        quick.close()
+    assert store.get_device(first).last_seq == store.get_device(second).last_seq == 0
 
 
 # -- rollouts -------------------------------------------------------------------------
