@@ -40,6 +40,7 @@ from device_agent._errors import (
 )
 from device_agent._window import MaintenanceWindow
 from tufota_core import (
+    OFFERING_STATES,
     FirmwareInfo,
     InputError,
     RolloutDoc,
@@ -84,7 +85,7 @@ def decide(
             ),
             WRONG_HARDWARE,
         )
-    if doc.state != "active":
+    if doc.state not in OFFERING_STATES:
         return Decision(IDLE, f"rollout {doc.rollout_id} is {doc.state}")
     wave = doc.eligible_wave(device_id, tags)
     if wave is None:

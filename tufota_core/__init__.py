@@ -39,6 +39,7 @@ from tufota_core._report import (
     verify_report,
 )
 from tufota_core._rollout import (
+    OFFERING_STATES,
     ROLLOUT_STATES,
     RolloutDoc,
     Wave,
@@ -55,6 +56,7 @@ __all__ = [
     "DEVICE_STATES",
     "MAX_REPORT_BYTES",
     "MAX_REPORT_MESSAGE",
+    "OFFERING_STATES",
     "ROLLOUTS_ROLE",
     "ROLLOUT_STATES",
     "SEVERITIES",

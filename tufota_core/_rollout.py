@@ -9,8 +9,8 @@ Invariants:
   later wave, because percentages must not decrease.
 * ``cohort_bucket`` is a pure function of (rollout id, device id), so the
   device and the tracker agree on who is in a wave without talking.
-* A device is eligible only while the state is ``active`` and its wave index is
-  at most ``current_wave``.
+* A device is eligible only while the state is ``active`` or ``completed`` and
+  its wave index is at most ``current_wave``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from tufota_core._names import (
 from tufota_core._window import check_window
 
 ROLLOUT_STATES = ("active", "paused", "aborted", "completed")
+# States in which devices of an open wave may install the release.
+OFFERING_STATES = ("active", "completed")
 BUCKETS = 10_000
 SCHEMA = "tufota.rollout/1"
 _WAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -204,8 +206,12 @@ class RolloutDoc:
         check_window(self.maintenance_window)
 
     def eligible_wave(self, device_id: str, tags: Iterable[str]) -> int | None:
-        """The device's wave index when it may install now, else None."""
-        if self.state != "active":
+        """The device's wave index when it may install now, else None.
+
+        A completed rollout stays open to every wave: devices that were offline
+        when the last gate was met still catch up. Paused and aborted ones offer nothing.
+        """
+        if self.state not in OFFERING_STATES:
             return None
         index = wave_index(self.rollout_id, list(self.waves), device_id, tags)
         if index is None or index > self.current_wave:

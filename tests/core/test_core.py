@@ -115,6 +115,9 @@ def test_rollout_doc_round_trips_and_gates_eligibility() -> None:
     assert doc.eligible_wave("d1", []) is None  # the 100% wave is not open yet
     assert _doc(current_wave=1).eligible_wave("d1", []) == 1
     assert _doc(state="paused").eligible_wave("d1", ["canary"]) is None
+    assert _doc(state="aborted", current_wave=1).eligible_wave("d1", []) is None
+    # Stragglers that were offline when the last gate was met still catch up.
+    assert _doc(state="completed", current_wave=1).eligible_wave("d1", []) == 1
 
 
 @pytest.mark.parametrize(

@@ -81,10 +81,21 @@ def test_update_installs_new_version_and_reports_success_only_after_boot(env: En
         ((Wave("canary", tags=("canary",)),), 0, "active", True),
         ((Wave("pilot", devices=(DEVICE,)),), 0, "paused", False),
         ((Wave("canary", tags=("canary",)), Wave("all", 100.0)), 1, "active", True),
+        ((Wave("pilot", devices=(DEVICE,)),), 0, "aborted", False),
+        # A straggler that was offline when the last gate was met still catches up.
+        ((Wave("canary", tags=("x",)), Wave("all", 100.0)), 1, "completed", True),
     ],
-    ids=["other-device", "later-wave", "tag-match", "paused", "current-wave-1"],
+    ids=[
+        "other-device",
+        "later-wave",
+        "tag-match",
+        "paused",
+        "current-wave-1",
+        "aborted",
+        "completed-straggler",
+    ],
 )
-def test_only_devices_in_an_open_wave_of_an_active_rollout_install(
+def test_only_devices_in_an_open_wave_of_an_offering_rollout_install(
     env: Env, waves: tuple[Wave, ...], current_wave: int, state: str, installs: bool
 ) -> None:
     env.repo.add_firmware("1.1.0")
