@@ -38,11 +38,11 @@ from device_agent._errors import (
     WRONG_HARDWARE,
     coded,
 )
-from device_agent._window import MaintenanceWindow
 from tufota_core import (
     OFFERING_STATES,
     FirmwareInfo,
     InputError,
+    MaintenanceWindow,
     RolloutDoc,
     VerificationError,
     Version,
