@@ -30,8 +30,10 @@ import argparse
 import heapq
 import json
 import logging
+import os
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -44,13 +46,24 @@ from typing import Any
 
 import requests
 from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata
 
 from device_agent import ABSimulator, Agent, AgentConfig, CycleResult, Installer, init_slots
 from repo_server import Repository
 from staging import NewDevice, SqliteTrackerStore
 from tufota_cli._common import print_json, table
-from tufota_cli.repo_cmds import add_repo_arguments, open_repository
-from tufota_core import InputError, InstallError, TufotaError, Version, check_device_id, utcnow
+from tufota_cli.repo_cmds import open_repository
+from tufota_core import (
+    ConflictError,
+    InputError,
+    InstallError,
+    NotFoundError,
+    TransportError,
+    TufotaError,
+    Version,
+    check_device_id,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -208,16 +221,34 @@ class Simulation:
     """Provision and run simulated devices against a server.
 
     Args:
-        repo: the repository (its trusted root, and its tracker to register in).
+        repo: the repository (its trusted root, and its tracker to register in),
+            or None for a remote repository: devices are then registered through
+            the server's API with ``token`` (operator role) and trust ``trusted_root``.
         server_url: where devices poll and report.
         workspace: a directory for the devices' keys, slots and state.
         options: what to simulate.
+        token: an operator API token (remote repositories).
+        trusted_root: root metadata the devices start from (remote repositories).
     """
 
     def __init__(
-        self, repo: Repository, server_url: str, workspace: Path, options: SimOptions
+        self,
+        repo: Repository | None,
+        server_url: str,
+        workspace: Path,
+        options: SimOptions,
+        *,
+        token: str | None = None,
+        trusted_root: bytes | None = None,
     ) -> None:
+        if repo is None and (token is None or trusted_root is None):
+            raise InputError("a remote simulation needs an operator token and a trusted root")
         self.repo = repo
+        self._trusted_root = trusted_root
+        # Operator calls use their own session so the token never rides on device traffic.
+        self._admin = requests.Session()
+        if token:
+            self._admin.headers["Authorization"] = f"Bearer {token}"
         self.server_url = server_url.rstrip("/")
         self.workspace = workspace
         self.options = options
@@ -240,7 +271,9 @@ class Simulation:
         rng = random.Random(opts.seed)  # noqa: S311 - picks simulated faults, not secrets
         self.workspace.mkdir(parents=True, exist_ok=True)
         root = self.workspace / "root.json"
-        root.write_bytes(self.repo.trusted_root())
+        root.write_bytes(
+            self.repo.trusted_root() if self.repo is not None else self._trusted_root or b""
+        )
         ids = [f"{opts.prefix}-{n + 1:05d}" for n in range(opts.devices)]
         failing = set(rng.sample(ids, round(opts.devices * opts.fail_percent / 100)))
         failing |= set(opts.fail_devices) & set(ids)
@@ -285,8 +318,12 @@ class Simulation:
                     installed_version=opts.factory_version,
                 )
             )
-        with SqliteTrackerStore(self.repo.tracker_path) as store:
-            store.register_devices(new, at=utcnow())
+        if self.repo is not None:
+            with SqliteTrackerStore(self.repo.tracker_path) as store:
+                store.register_devices(new, at=utcnow())
+        else:
+            for device in new:
+                self._register_remotely(device)
         logger.info(
             "provisioned %d simulated devices (%d failing, %d stalling)",
             len(new),
@@ -295,9 +332,39 @@ class Simulation:
         )
         return self.devices
 
+    def _register_remotely(self, device: NewDevice) -> None:
+        """Register and accept one device through the operator API.
+
+        Raises:
+            ConflictError, InputError: the server refused (its message is kept).
+            TransportError: the server cannot be reached.
+        """
+        body = {
+            "device_id": device.device_id,
+            "hardware_id": device.hardware_id,
+            "public_key": dict(device.public_key),
+            "tags": list(device.tags),
+        }
+        base = f"{self.server_url}/api/v1/devices"
+        for method, url, payload in (
+            ("POST", base, body),
+            ("POST", f"{base}/{device.device_id}/accept", {"reason": "simulated device"}),
+        ):
+            try:
+                response = self._admin.request(method, url, json=payload, timeout=30)
+            except requests.RequestException as e:
+                raise TransportError(f"{method} {url}: {e}") from e
+            if response.status_code >= 400:
+                try:
+                    message = response.json().get("message", response.text)
+                except ValueError:
+                    message = response.text
+                error = ConflictError if response.status_code == 409 else InputError
+                raise error(f"{method} {url}: {response.status_code} {message}")
+
     def rollout(self) -> dict[str, Any] | None:
         """The newest rollout of the hardware id, from the server's API (None: none yet)."""
-        response = self._shared.get(f"{self.server_url}/api/v1/rollouts", timeout=30)
+        response = self._admin.get(f"{self.server_url}/api/v1/rollouts", timeout=30)
         response.raise_for_status()
         for rollout in response.json()["rollouts"]:
             if rollout["hardware_id"] == self.options.hardware_id:
@@ -413,6 +480,7 @@ class Simulation:
             return None
 
     def close(self) -> None:
+        self._admin.close()
         for device in self.devices:
             device.agent.close()
         self._shared.close()
@@ -422,12 +490,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "simulate",
         help="run N simulated devices (the real agent, real HTTP) through a rollout",
-        description="Provision N simulated devices in the repository's tracker and run them "
+        description="Provision N simulated devices (in --repo's tracker, or through the "
+        "server's API with an operator --token for a remote repository) and run them "
         "with the real agent code against --server until the hardware id's rollout "
         "completes, pauses or aborts.",
     )
     p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8080")
-    add_repo_arguments(p)
+    p.add_argument(
+        "--repo",
+        default=None,
+        help="local repository (register devices in its tracker); without it the devices "
+        "are registered through the server's API with --token",
+    )
+    p.add_argument("--state-dir", default=None, help="state directory of an s3:// --repo")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="operator API token for a remote repository (default: $TUFOTA_TOKEN)",
+    )
+    p.add_argument(
+        "--root",
+        default=None,
+        help="trusted root.json for a remote repository (default: the server's 1.root.json, "
+        "trusted on first use)",
+    )
     p.add_argument("--hardware", required=True)
     p.add_argument("--devices", type=int, required=True)
     p.add_argument("--prefix", default="sim", help="device id prefix (default sim)")
@@ -468,11 +554,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
     )
-    repo = open_repository(args)
+    repo: Repository | None = None
+    token: str | None = None
+    root: bytes | None = None
+    if args.repo:
+        repo = open_repository(args)
+    else:
+        token = args.token or os.environ.get("TUFOTA_TOKEN")
+        if not token:
+            raise InputError("without --repo, give an operator token with --token or TUFOTA_TOKEN")
+        root = _trusted_root(args.server, args.root)
     workspace = Path(args.workspace or tempfile.mkdtemp(prefix="tufota-sim-"))
     if not args.json:
         logging.getLogger("device_agent").setLevel(logging.WARNING)
-    sim = Simulation(repo, args.server, workspace, options)
+    sim = Simulation(repo, args.server, workspace, options, token=token, trusted_root=root)
     try:
         sim.provision()
         if not args.json:
@@ -502,6 +597,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             + ("; TIMED OUT" if result.timed_out else "")
         )
     return 0 if not result.timed_out else 1
+
+
+def _trusted_root(server: str, path: str | None) -> bytes:
+    """Root metadata for remote devices: ``--root`` or the server's first root (trust on first use).
+
+    Raises:
+        NotFoundError: ``--root`` does not exist.
+        TransportError: the server cannot be reached.
+        InputError: the file or the answer is not root metadata.
+    """
+    if path is not None:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"trusted root {path} does not exist") from None
+    else:
+        url = f"{server.rstrip('/')}/metadata/1.root.json"
+        try:
+            response = requests.get(url, timeout=30)
+        except requests.RequestException as e:
+            raise TransportError(f"GET {url}: {e}") from e
+        if response.status_code != 200:
+            raise TransportError(f"GET {url}: HTTP {response.status_code}")
+        data = response.content
+        print(f"note: trusting {url} on first use (pass --root to pin it)", file=sys.stderr)
+    try:
+        root = Metadata.from_bytes(data)
+    except Exception as e:  # tuf's deserializer raises several kinds
+        raise InputError(f"trusted root is not TUF metadata: {e}") from e
+    if root.signed.type != "root":
+        raise InputError("trusted root is not root metadata")
+    return data
 
 
 def _progress_line(status: dict[str, Any]) -> str:

@@ -291,3 +291,32 @@ def test_the_cli_refuses_bad_rollout_input_with_one_line(
     capsys.readouterr()
     assert tufota([*base, "--version", "1.1.0", "--waves", "100%"]) == 1
     assert "already has active rollout" in capsys.readouterr().err
+
+
+def test_simulate_against_a_remote_repository_registers_devices_through_the_api(
+    server: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = server.operator["Authorization"].removeprefix("Bearer ")
+    started = server.start(waves="all:100%", success_threshold="100%")
+    argv = ["simulate", "--server", server.url, "--hardware", HW, "--devices", "4",
+            "--prefix", "remote", "--speedup", "60", "--poll-interval", "30",
+            "--timeout", "60"]  # fmt: skip
+
+    # Without --repo the operator token is required, and a viewer's token is refused.
+    monkeypatch.delenv("TUFOTA_TOKEN", raising=False)
+    assert tufota(argv) == 1
+    assert "operator token" in capsys.readouterr().err
+    viewer = server.viewer["Authorization"].removeprefix("Bearer ")
+    assert tufota([*argv, "--token", viewer]) == 1
+    assert "403" in capsys.readouterr().err
+    assert not [d for d in server.ctx.store.list_devices(HW) if d.device_id.startswith("remote")]
+
+    assert tufota([*argv, "--token", token]) == 0
+    out = capsys.readouterr().out
+    assert f"rollout {started['rollout_id']} completed" in out
+    remote = [d for d in server.ctx.store.list_devices(HW) if d.device_id.startswith("remote")]
+    assert len(remote) == 4
+    assert {(d.status, d.installed_version) for d in remote} == {("accepted", "1.1.0")}
