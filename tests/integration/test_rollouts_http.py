@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from securesystemslib.signer import CryptoSigner
 
 from repo_server import Repository, ServerContext, ServerThread, TokenStore, create_app
 from staging import AlertSettings, SinkSpec
@@ -300,7 +301,14 @@ def test_simulate_against_a_remote_repository_registers_devices_through_the_api(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     token = server.operator["Authorization"].removeprefix("Bearer ")
-    started = server.start(waves="all:100%", success_threshold="100%")
+    # One silent device keeps the gate closed until the remote devices report:
+    # without it the rollout (no eligible devices yet) would complete at the first tick.
+    silent = CryptoSigner.generate_ed25519().public_key
+    server.ctx.store.register_device(
+        "silent-1", HW, public_key={"keyid": silent.keyid, **silent.to_dict()},
+        status="accepted", installed_version="1.0.0",
+    )  # fmt: skip
+    started = server.start(waves="all:100%", success_threshold="80%")
     argv = ["simulate", "--server", server.url, "--hardware", HW, "--devices", "4",
             "--prefix", "remote", "--speedup", "60", "--poll-interval", "30",
             "--timeout", "60"]  # fmt: skip
