@@ -25,7 +25,7 @@ from repo_server._publisher import (
     load_state,
     target_storage_key,
 )
-from repo_server._releases import ReleaseResult, add_release_locally
+from repo_server._releases import ReleaseResult, add_release_locally, release_catalog
 from repo_server._s3 import LOCK_KEY, SSE_CHOICES, S3Location, S3Storage, is_s3_url
 from repo_server._serve import ServerThread, bind_socket, check_tls, run_forever
 from repo_server._storage import LocalStorage, ObjectInfo, Storage, cache_control, check_key
@@ -71,6 +71,7 @@ __all__ = [
     "parse_public_key",
     "publish_bundle",
     "register_device",
+    "release_catalog",
     "run_forever",
     "set_device_status",
     "target_storage_key",

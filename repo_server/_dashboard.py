@@ -48,7 +48,8 @@ from repo_server._auth import Principal
 from repo_server._context import ServerContext
 from repo_server._errors import ApiError
 from repo_server._publisher import RepoState
-from staging import DeviceRecord, Event, RolloutRecord, find_stall
+from repo_server._releases import release_catalog
+from staging import DeviceRecord, Event, RolloutRecord, classify, find_stall
 from tufota_core import (
     ROLLOUTS_ROLE,
     FirmwareInfo,
@@ -56,7 +57,6 @@ from tufota_core import (
     TufotaError,
     Version,
     format_time,
-    product_role,
     utcnow,
     wave_index,
 )
@@ -65,9 +65,6 @@ logger = logging.getLogger(__name__)
 
 # The roles the server re-signs by itself; the rest are signed offline.
 ONLINE_ROLES = ("timestamp", "snapshot", ROLLOUTS_ROLE)
-_FIRMWARE_ROLE_PREFIX = product_role("x")[:-1]
-_DOWNLOADING = ("downloading", "downloaded")
-_INSTALLING = ("installing", "rebooting", "verifying")
 FUNNEL = (
     "eligible",
     "checked_in",
@@ -119,25 +116,6 @@ class DashboardConfig:
 
 
 # -- what a device is doing for a rollout ------------------------------------------------
-
-
-def outcome(rollout: RolloutRecord, device: DeviceRecord) -> str:
-    """The device's outcome for ``rollout``, by the tracker's rule (staging ``_progress`` rule 3).
-
-    One of succeeded, failed, rolled_back, downloading, installed, waiting.
-    """
-    if device.installed_version == rollout.version:
-        return "succeeded"
-    if device.failed_state is not None and (
-        device.failed_version == rollout.version or device.failed_rollout_id == rollout.rollout_id
-    ):
-        return device.failed_state
-    working = device.target_version == rollout.version or device.rollout_id == rollout.rollout_id
-    if working and device.state in _DOWNLOADING:
-        return "downloading"
-    if working and device.state in _INSTALLING:
-        return "installed"
-    return "waiting"
 
 
 @dataclass(frozen=True)
@@ -200,7 +178,7 @@ def findings(
         if index is None or index > rollout.current_wave:
             continue
         wave = waves[index].name
-        kind = outcome(rollout, device)
+        kind = classify(rollout, device)
         if kind in ("failed", "rolled_back"):
             reason = device.error_code or kind.replace("_", " ")
             if device.error_message:
@@ -235,22 +213,9 @@ def findings(
 
 
 def release_catalogue(state: RepoState) -> dict[str, list[FirmwareInfo]]:
-    """Every signed release per hardware id, oldest version first; unreadable ones skipped."""
-    catalogue: dict[str, list[FirmwareInfo]] = defaultdict(list)
-    for name, role in state.roles.items():
-        if not name.startswith(_FIRMWARE_ROLE_PREFIX):
-            continue
-        for path, target in role.signed.targets.items():
-            try:
-                info = FirmwareInfo.from_custom(target.custom)
-            except InputError:
-                logger.debug("target %s has no readable firmware fields", path)
-                continue
-            catalogue[info.hardware_id].append(info)
-    return {
-        hw: sorted(infos, key=lambda i: Version.parse(i.version))
-        for hw, infos in sorted(catalogue.items())
-    }
+    """Every signed release's firmware facts per hardware id, oldest version first."""
+    catalog = release_catalog(state)
+    return {hw: [r.info for r in releases] for hw, releases in sorted(catalog.releases.items())}
 
 
 def _newer(installed: str, infos: Sequence[FirmwareInfo]) -> list[FirmwareInfo]:
@@ -408,7 +373,7 @@ class DashboardData:
                 targeted.append(device)
         changes: list[tuple[datetime, int, int]] = []
         for device in targeted:
-            kind = outcome(rollout, device)
+            kind = classify(rollout, device)
             if kind == "succeeded":
                 changes.append((self._adopted_at(rollout, device), 1, 0))
             elif kind in ("failed", "rolled_back") and device.failed_at is not None:

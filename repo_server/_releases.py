@@ -16,11 +16,23 @@ from pathlib import Path
 from tuf.api.metadata import Metadata, Targets
 
 from repo_server._layout import Passphrase, Repository
-from repo_server._publisher import Blob
+from repo_server._publisher import Blob, RepoState
 from signing import add_product_line, add_release, empty_delegated, load_signer, sign_all
+from staging import ReleaseCatalog
 from tufota_core import FirmwareInfo, NotFoundError, format_time, product_role, utcnow
 
 logger = logging.getLogger(__name__)
+
+
+def release_catalog(state: RepoState) -> ReleaseCatalog:
+    """Every signed firmware release of the published repository, per hardware id."""
+    prefix = product_role("x")[:-1]
+    return ReleaseCatalog.from_targets(
+        (path, target.custom)
+        for name, role in state.roles.items()
+        if name.startswith(prefix)
+        for path, target in role.signed.targets.items()
+    )
 
 
 @dataclass(frozen=True)

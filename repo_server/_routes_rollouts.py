@@ -26,9 +26,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from repo_server._context import ServerContext
-from repo_server._publisher import RepoState
-from staging import ALERT_KINDS, ReleaseCatalog, build_plan
-from tufota_core import InputError, NotFoundError, check_hardware_id, product_role
+from repo_server._releases import release_catalog
+from staging import ALERT_KINDS, build_plan
+from tufota_core import InputError, NotFoundError, check_hardware_id
 
 _MAX_BODY = 16 * 1024
 _START_FIELDS = {
@@ -47,17 +47,6 @@ _START_FIELDS = {
     "maintenance_window",
     "reason",
 }
-
-
-def release_catalog(state: RepoState) -> ReleaseCatalog:
-    """Every signed firmware release of the repository, per hardware id."""
-    prefix = product_role("x")[:-1]
-    return ReleaseCatalog.from_targets(
-        (path, target.custom)
-        for name, role in state.roles.items()
-        if name.startswith(prefix)
-        for path, target in role.signed.targets.items()
-    )
 
 
 async def _body(request: Request) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from staging._progress import (
     RolloutCounts,
     RolloutStatus,
     WaveStatus,
+    classify,
     evaluate,
 )
 from staging._sinks import AlertSink, LogSink, SnsSink, WebhookSink, build_sink
@@ -114,6 +115,7 @@ __all__ = [
     "build_plan",
     "build_sink",
     "check_window",
+    "classify",
     "evaluate",
     "find_stall",
     "is_critical",

@@ -30,11 +30,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from repo_server import Repository, ServerContext, ServerThread, add_release_locally, create_app
+from repo_server import (
+    Repository,
+    ServerContext,
+    ServerThread,
+    add_release_locally,
+    create_app,
+    release_catalog,
+)
 from staging import AlertSettings, SinkSpec, build_plan
 from tufota_cli._common import table
 from tufota_cli.repo_cmds import build_context
-from tufota_cli.rollout_cmds import find_release, release_catalog, render_fleet, render_status
+from tufota_cli.rollout_cmds import find_release, render_fleet, render_status
 from tufota_cli.simulate_cmd import SimOptions, Simulation
 from tufota_core import FirmwareInfo
 
@@ -169,7 +176,12 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
         # Act 1: a release whose canaries fail.
         waves, options = build_plan(waves=WAVES, success_threshold="100%", failure_threshold="20%")
         doc = ctx.controller.start(
-            HARDWARE, BAD, find_release(repo, HARDWARE, BAD), waves, options, reason="demo act 1"
+            HARDWARE,
+            BAD,
+            find_release(repo, HARDWARE, BAD).target_path,
+            waves,
+            options,
+            reason="demo act 1",
         )
         _step(f"started rollout {doc.rollout_id}: {BAD} in waves canary (tag) then fleet (100%)")
         first = _play(sim, doc.rollout_id, deadline)
@@ -185,17 +197,15 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
         # Act 2: the operator aborts and ships the fix with the critical preset.
         ctx.controller.abort(doc.rollout_id, "canaries failed to install 1.1.0; fixed in 1.1.1")
         _step(f"aborted {doc.rollout_id}; {GOOD} is signed as critical (CVSS 9.8)")
-        good = release_catalog(repo).find(HARDWARE, GOOD)
+        good = find_release(repo, HARDWARE, GOOD)
         waves, options = build_plan(
             preset="critical",
             waves=WAVES,
-            release=None if good is None else good.info,
+            release=good.info,
             soak_seconds=1,
             min_devices=1,
         )
-        doc = ctx.controller.start(
-            HARDWARE, GOOD, find_release(repo, HARDWARE, GOOD), waves, options, reason="act 2"
-        )
+        doc = ctx.controller.start(HARDWARE, GOOD, good.target_path, waves, options, reason="act 2")
         _step(
             f"started rollout {doc.rollout_id}: {GOOD} with preset critical "
             f"(success {options.success_threshold:.0%}, failure {options.failure_threshold:.0%})"
@@ -255,7 +265,7 @@ def _summary(
     for device in sim.devices:
         device.agent.run_once()
     status = ctx.controller.status(rollout_id)
-    fleet = ctx.controller.fleet_status(HARDWARE, catalog=release_catalog(repo))
+    fleet = ctx.controller.fleet_status(HARDWARE, catalog=release_catalog(repo.state()))
     print()
     print(render_status(status))
     print()

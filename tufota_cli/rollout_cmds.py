@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from repo_server import Repository
+from repo_server import Repository, release_catalog
 from signing import find_product
 from staging import (
     ALERT_SEVERITIES,
@@ -13,7 +12,7 @@ from staging import (
     AlertDraft,
     AlertSettings,
     FleetStatus,
-    ReleaseCatalog,
+    Release,
     RolloutController,
     RolloutStatus,
     SinkSpec,
@@ -26,12 +25,10 @@ from tufota_cli._common import passphrase_source, print_json, table
 from tufota_cli._watch import add_watch
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import (
-    FirmwareInfo,
     InputError,
     NotFoundError,
     Version,
     check_hardware_id,
-    product_role,
 )
 
 
@@ -175,18 +172,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_alert_test)
 
 
-def release_catalog(repo: Repository) -> ReleaseCatalog:
-    """Every signed firmware release of ``repo``, per hardware id."""
-    state = repo.state()
-    prefix = product_role("x")[:-1]
-    return ReleaseCatalog.from_targets(
-        (path, target.custom)
-        for name, role in state.roles.items()
-        if name.startswith(prefix)
-        for path, target in role.signed.targets.items()
-    )
-
-
 def controller(repo: Repository) -> RolloutController:
     """A controller on ``repo``'s tracker, publishing with its online rollouts key."""
     publisher = repo.publisher(passphrase_source())
@@ -194,12 +179,12 @@ def controller(repo: Repository) -> RolloutController:
         SqliteTrackerStore(repo.tracker_path),
         publisher,
         expiries=publisher.expiries,
-        releases=lambda: release_catalog(repo),
+        releases=lambda: release_catalog(repo.state()),
     )
 
 
-def find_release(repo: Repository, hardware_id: str, version: str) -> str:
-    """The target path of ``version`` of ``hardware_id``.
+def find_release(repo: Repository, hardware_id: str, version: str) -> Release:
+    """The signed release ``version`` of ``hardware_id`` (its target path and firmware facts).
 
     Raises:
         NotFoundError: the hardware id has no product line or no such release.
@@ -208,30 +193,19 @@ def find_release(repo: Repository, hardware_id: str, version: str) -> str:
     Version.parse(version)
     state = repo.state()
     find_product(state.targets, hardware_id)
-    release = release_catalog(repo).find(hardware_id, version)
+    release = release_catalog(state).find(hardware_id, version)
     if release is None:
         raise NotFoundError(f"hardware id {hardware_id} has no release {version}")
-    return release.target_path
-
-
-def latest_versions(repo: Repository) -> dict[str, dict[str, Any]]:
-    """For each hardware id: its newest release and every release's fixes."""
-    catalog = release_catalog(repo)
-    result: dict[str, dict[str, Any]] = {}
-    for hw, releases in catalog.releases.items():
-        infos: list[FirmwareInfo] = [r.info for r in releases]
-        result[hw] = {"latest": releases[-1].info.version, "releases": infos}
-    return result
+    return release
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    target_path = find_release(repo, args.hardware, args.version)
-    release = release_catalog(repo).find(args.hardware, args.version)
+    release = find_release(repo, args.hardware, args.version)
     waves, options = build_plan(
         waves=args.waves,
         preset=args.preset,
-        release=None if release is None else release.info,
+        release=release.info,
         maintenance_window=args.maintenance_window,
         success_threshold=args.success_threshold,
         failure_threshold=args.failure_threshold,
@@ -243,7 +217,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         silent_polls=args.silent_polls,
     )
     doc = controller(repo).start(
-        args.hardware, args.version, target_path, waves, options, reason=args.reason
+        args.hardware, args.version, release.target_path, waves, options, reason=args.reason
     )
     extras = []
     if options.preset:
@@ -402,7 +376,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     if args.hardware:
         check_hardware_id(args.hardware)
-    status = controller(repo).fleet_status(hardware_id=args.hardware, catalog=release_catalog(repo))
+    status = controller(repo).fleet_status(
+        hardware_id=args.hardware, catalog=release_catalog(repo.state())
+    )
     if args.json:
         print_json(status.to_json())
     else:
