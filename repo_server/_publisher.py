@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
@@ -101,6 +102,16 @@ class RepoState:
         if delegations is None or delegations.roles is None or name not in delegations.roles:
             raise NotFoundError(f"role {name} is not delegated by targets")
         return delegations.roles[name]
+
+    def all_roles(self) -> list[tuple[str, Metadata[Any]]]:
+        """Every published role by name: the top-level four, then delegations by name."""
+        return [
+            (Root.type, self.root),
+            (Timestamp.type, self.timestamp),
+            (Snapshot.type, self.snapshot),
+            (Targets.type, self.targets),
+            *sorted(self.roles.items()),
+        ]
 
 
 @dataclass
@@ -589,16 +600,7 @@ class Publisher:
 
     def expiries(self) -> dict[str, datetime]:
         """When each published role expires."""
-        state = self.state()
-        result = {
-            Root.type: state.root.signed.expires,
-            Timestamp.type: state.timestamp.signed.expires,
-            Snapshot.type: state.snapshot.signed.expires,
-            Targets.type: state.targets.signed.expires,
-        }
-        for name, md in state.roles.items():
-            result[name] = md.signed.expires
-        return result
+        return {name: md.signed.expires for name, md in self.state().all_roles()}
 
 
 def _check_release(

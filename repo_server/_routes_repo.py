@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from tuf.api.metadata import Metadata
 
 from repo_server._context import ServerContext
 from repo_server._errors import error_responses
@@ -53,14 +52,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
             ROLLOUTS_ROLE: ctx.publisher.expiry.rollouts,
         }
         roles: dict[str, Any] = {}
-        every: list[tuple[str, Metadata[Any]]] = [
-            ("root", state.root),
-            ("timestamp", state.timestamp),
-            ("snapshot", state.snapshot),
-            ("targets", state.targets),
-            *sorted(state.roles.items()),
-        ]
-        for name, md in every:
+        for name, md in state.all_roles():
             left = md.signed.expires - now
             entry: dict[str, Any] = {
                 "version": md.signed.version,

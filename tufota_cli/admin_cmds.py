@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-from tuf.api.metadata import Metadata
 
 from repo_server import (
     ROLES,
@@ -109,14 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = utcnow()
     rows = []
     data = {}
-    every: list[tuple[str, Metadata[Any]]] = [
-        ("root", state.root),
-        ("timestamp", state.timestamp),
-        ("snapshot", state.snapshot),
-        ("targets", state.targets),
-        *sorted(state.roles.items()),
-    ]
-    for name, md in every:
+    for name, md in state.all_roles():
         left = md.signed.expires - now
         online = name in ONLINE
         note = "server re-signs" if online else ""
