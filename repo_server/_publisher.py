@@ -53,7 +53,7 @@ from tuf.api.metadata import (
 )
 
 from repo_server._storage import Storage
-from signing import Expiry
+from signing import Expiry, verify_delegate
 from tufota_core import (
     ROLLOUTS_ROLE,
     ConflictError,
@@ -181,15 +181,6 @@ def load_state(storage: Storage) -> RepoState:
     return RepoState(root, timestamp, snapshot, targets, roles)
 
 
-def _verify_signed_by(
-    delegator: Metadata[Root] | Metadata[Targets], role: str, md: Metadata[Targets]
-) -> None:
-    try:
-        delegator.verify_delegate(role, md)
-    except UnsignedMetadataError as e:
-        raise VerificationError(f"{role}: {e}") from e
-
-
 class Publisher:
     """Publishes verified changes to a ``Storage`` and keeps the online roles signed."""
 
@@ -230,12 +221,12 @@ class Publisher:
                 root.verify_delegate(Root.type, root)
             except UnsignedMetadataError as e:
                 raise VerificationError(f"root: {e}") from e
-            _verify_signed_by(root, Targets.type, targets)
+            verify_delegate(root, Targets.type, targets)
             signers = self._signers()
             now = self._clock()
             rollouts = Metadata(Targets(expires=now + self.expiry.rollouts))
             rollouts.sign(signers.rollouts)
-            _verify_signed_by(targets, ROLLOUTS_ROLE, rollouts)
+            verify_delegate(targets, ROLLOUTS_ROLE, rollouts)
             snapshot = Metadata(Snapshot(expires=now + self.expiry.snapshot))
             snapshot.signed.meta = {
                 "targets.json": MetaFile(1),
@@ -357,7 +348,7 @@ class Publisher:
         changed: set[str] = set()
         delegator = state.targets
         if targets is not None:
-            _verify_signed_by(trusted_root, Targets.type, targets)
+            verify_delegate(trusted_root, Targets.type, targets)
             if self._is_new(Targets.type, state.targets, targets):
                 if targets.signed.expires <= self._clock():
                     raise VerificationError(
@@ -366,7 +357,7 @@ class Publisher:
                 changed.add(Targets.type)
                 delegator = targets
         elif trusted_root is not state.root:
-            _verify_signed_by(trusted_root, Targets.type, state.targets)
+            verify_delegate(trusted_root, Targets.type, state.targets)
         blob_by_path = {b.target.path: b for b in blobs}
         for name, md in roles.items():
             try:
@@ -376,7 +367,7 @@ class Publisher:
                     f"{name} is not a role that targets version {delegator.signed.version} "
                     "delegates (is the product line created?)"
                 ) from None
-            _verify_signed_by(delegator, name, md)
+            verify_delegate(delegator, name, md)
             current = state.roles.get(name)
             if current is not None and not self._is_new(name, current, md):
                 continue
@@ -563,7 +554,7 @@ class Publisher:
                 rollouts.signed.expires = now + self.expiry.rollouts
                 rollouts.signatures.clear()
                 rollouts.sign(signers.rollouts)
-                _verify_signed_by(state.targets, ROLLOUTS_ROLE, rollouts)
+                verify_delegate(state.targets, ROLLOUTS_ROLE, rollouts)
                 state.snapshot.signed.meta[f"{ROLLOUTS_ROLE}.json"] = MetaFile(
                     rollouts.signed.version
                 )

@@ -57,7 +57,7 @@ from signing._metadata import (
 )
 from signing._products import change_product_keys, resign_role, resign_targets
 from signing._source import CurrentMetadata, fetch_current
-from signing._verify import BundleCheck, verify_bundle
+from signing._verify import BundleCheck, verify_bundle, verify_delegate
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -103,6 +103,7 @@ __all__ = [
     "sign_checked",
     "sign_proposal",
     "verify_bundle",
+    "verify_delegate",
     "verify_root_update",
     "write_bundle",
     "write_public_key",

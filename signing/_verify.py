@@ -40,9 +40,14 @@ class BundleCheck:
     signatures: dict[str, tuple[int, int]]  # role -> (valid signatures, threshold)
 
 
-def _verify(
+def verify_delegate(
     delegator: Metadata[Root] | Metadata[Targets], name: str, md: Metadata[Targets]
 ) -> None:
+    """Check that ``md`` carries the threshold of signatures ``delegator`` requires for ``name``.
+
+    Raises:
+        VerificationError: too few valid signatures, or ``name`` is not delegated.
+    """
     try:
         delegator.verify_delegate(name, md)
     except UnsignedMetadataError as e:
@@ -85,7 +90,7 @@ def verify_bundle(
                 "give the current metadata (--repo or --metadata)"
             )
     else:
-        _verify(root, "targets", delegator)
+        verify_delegate(root, "targets", delegator)
         if delegator.signed.expires <= now:
             raise VerificationError(f"targets expired at {delegator.signed.expires}")
         result = root.signed.get_verification_result(
@@ -95,7 +100,7 @@ def verify_bundle(
     firmware: list[tuple[TargetFile, FirmwareInfo]] = []
     for name, md in sorted(bundle.roles.items()):
         assert delegator is not None
-        _verify(delegator, name, md)
+        verify_delegate(delegator, name, md)
         result = delegator.signed.get_verification_result(name, md.signed_bytes, md.signatures)
         signatures[name] = (len(result.signed), result.threshold)
         if md.signed.expires <= now:
