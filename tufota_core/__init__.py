@@ -49,6 +49,7 @@ from tufota_core._rollout import (
     wave_index,
 )
 from tufota_core._semver import Version, is_newer
+from tufota_core._text import safe_text
 from tufota_core._time import format_time, parse_time, utcnow
 from tufota_core._window import MaintenanceWindow, check_window
 
@@ -90,6 +91,7 @@ __all__ = [
     "product_paths",
     "product_role",
     "rollout_target_path",
+    "safe_text",
     "sign_report",
     "utcnow",
     "validate_waves",
