@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -21,7 +22,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tufota_core import InputError, NotFoundError, check_device_id, check_hardware_id, check_tag
+from tufota_core import (
+    InputError,
+    MaintenanceWindow,
+    NotFoundError,
+    Version,
+    check_device_id,
+    check_hardware_id,
+    check_tag,
+)
 
 INSTALLER_KINDS = ("ab-simulator", "command")
 PROGRESS_MODES = ("auto", "never")
@@ -46,6 +55,75 @@ _UNITS = {
     "tib": 1024**4,
     "ti": 1024**4,
 }
+
+
+# Every section and key agent.toml may hold; anything else is a typo and an error.
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "device": ("id", "hardware_id", "tags", "key", "public_key"),
+    "server": ("url", "trusted_root", "ca_bundle"),
+    "paths": ("state_dir", "slots_dir", "metadata_dir", "download_dir"),
+    "poll": ("interval", "jitter", "max_backoff"),
+    "download": (
+        "rate_limit",
+        "data_budget",
+        "budget_period",
+        "progress",
+        "progress_step",
+        "heartbeat_interval",
+    ),
+    "installer": ("kind", "command"),
+    "health": ("command", "deadline", "max_boot_attempts"),
+    "policy": ("maintenance_window", "min_version"),
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DAY = 86400.0
+# Inclusive bounds of every duration in agent.toml, in seconds.
+DURATION_BOUNDS: dict[str, tuple[float, float]] = {
+    "poll.interval": (1.0, DAY),
+    "poll.max_backoff": (0.0, 7 * DAY),
+    "health.deadline": (1.0, DAY),
+    "download.budget_period": (60.0, 366 * DAY),
+    "download.heartbeat_interval": (1.0, 3600.0),
+}
+
+
+def parse_duration(value: int | float | str, what: str, bounds: tuple[float, float]) -> float:
+    """Seconds from a number of seconds or a string such as ``"10s"``, ``"5m"``, ``"1h"``, ``"1d"``.
+
+    Raises:
+        InputError: not a duration, or outside ``bounds`` (inclusive).
+    """
+    low, high = bounds
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a duration such as 30, '10s', '5m' or '1h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise InputError(f"{what} {value!r} is not a duration such as 30, '10s', '5m' or '1h'")
+        seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "").lower()]
+    if not math.isfinite(seconds) or not low <= seconds <= high:
+        raise InputError(f"{what} {value!r} is outside {_seconds(low)} - {_seconds(high)}")
+    return seconds
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("d", DAY), ("h", 3600.0), ("m", 60.0)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}s"
+
+
+def _check_duration(value: float, key: str) -> None:
+    parse_duration(value, key, DURATION_BOUNDS[key])
+
+
+def closest(name: str, choices: Iterable[str], form: str = "{}") -> str:
+    """``; did you mean X?`` for the choice closest to ``name`` (X ``form``-ated), or ``""``."""
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {form.format(found[0])}?" if found else ""
 
 
 def parse_size(value: int | float | str, what: str) -> int:
@@ -98,6 +176,12 @@ class AgentLimits:
         max_backoff_factor: Longest poll interval, as a multiple of the configured one,
             while the server refuses the device (401/403) or cannot be reached.
         output_tail_bytes: Bytes of a failed command's stderr kept for the report.
+        report_deadline: Seconds one report delivery may take in all, from connecting
+            to the answer's last byte (a trickling answer is cut there).
+        flush_deadline: Seconds one outbox flush may take; the rest waits for the
+            next flush, so delivering reports never holds up the update check.
+        max_report_answer_bytes: Largest answer to a report the agent reads; a
+            longer (or endless) answer is cut there and the report kept.
     """
 
     connect_timeout: float = 10.0
@@ -116,6 +200,9 @@ class AgentLimits:
     max_remembered_rollouts: int = 16
     max_backoff_factor: int = 8
     output_tail_bytes: int = 800
+    report_deadline: float = 20.0
+    flush_deadline: float = 60.0
+    max_report_answer_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -151,6 +238,9 @@ class AgentConfig:
     budget_period: float = 30 * 86400.0
     progress: str = "auto"
     progress_step: int = 25
+    heartbeat_interval: float = 60.0
+    maintenance_window: str | None = None
+    min_version: str | None = None
     limits: AgentLimits = field(default_factory=AgentLimits)
 
     def __post_init__(self) -> None:
@@ -167,16 +257,13 @@ class AgentConfig:
             raise InputError(
                 "installer.command must contain '{file}' when installer.kind is 'command'"
             )
-        if not self.poll_interval > 0 or not math.isfinite(self.poll_interval):
-            raise InputError("poll.interval must be a positive number of seconds")
+        _check_duration(self.poll_interval, "poll.interval")
         if not 0.0 <= self.poll_jitter < 1.0:
             raise InputError("poll.jitter must be at least 0 and below 1")
-        if not self.health_deadline > 0 or not math.isfinite(self.health_deadline):
-            raise InputError("health.deadline must be a positive number of seconds")
+        _check_duration(self.health_deadline, "health.deadline")
         if not 1 <= self.max_boot_attempts <= 100:
             raise InputError("health.max_boot_attempts must be between 1 and 100")
-        if not 0 <= self.max_backoff < math.inf:
-            raise InputError("poll.max_backoff must be 0 (automatic) or a number of seconds")
+        _check_duration(self.max_backoff, "poll.max_backoff")
         if self.rate_limit < 0 or self.data_budget < 0:
             raise InputError("download.rate_limit and download.data_budget must not be negative")
         if 0 < self.rate_limit < self.limits.min_bytes_per_second:
@@ -184,12 +271,22 @@ class AgentConfig:
                 f"download.rate_limit must be at least {self.limits.min_bytes_per_second:g} "
                 "bytes/s (slower transfers are abandoned as stalled)"
             )
-        if not self.budget_period > 0 or not math.isfinite(self.budget_period):
-            raise InputError("download.budget_period must be a positive number of seconds")
+        _check_duration(self.budget_period, "download.budget_period")
+        _check_duration(self.heartbeat_interval, "download.heartbeat_interval")
         if self.progress not in PROGRESS_MODES:
             raise InputError(f"download.progress must be one of {', '.join(PROGRESS_MODES)}")
         if not 0 <= self.progress_step <= 100:
             raise InputError("download.progress_step must be a percentage (0: no progress reports)")
+        if self.maintenance_window is not None:
+            try:
+                MaintenanceWindow.parse(self.maintenance_window)
+            except InputError as e:
+                raise InputError(f"policy.maintenance_window: {e}") from None
+        if self.min_version is not None:
+            try:
+                Version.parse(self.min_version)
+            except InputError as e:
+                raise InputError(f"policy.min_version: {e}") from None
 
     @property
     def metadata_path(self) -> Path:
@@ -215,9 +312,14 @@ class AgentConfig:
     def load(cls, path: Path | str) -> AgentConfig:
         """Read and validate ``agent.toml``.
 
+        Every error names the file once, then the section and key at fault;
+        an unknown section or key (a typo such as ``kidn``) is an error that
+        names the closest valid one.
+
         Raises:
             NotFoundError: the file does not exist.
-            InputError: it is not TOML, or a field is missing or invalid.
+            InputError: it is not TOML, a section or key is unknown, or a field
+                is missing or invalid.
         """
         path = Path(path)
         try:
@@ -228,41 +330,51 @@ class AgentConfig:
             raise InputError(f"cannot read agent config {path}: {e}") from e
         except tomllib.TOMLDecodeError as e:
             raise InputError(f"agent config {path} is not valid TOML: {e}") from e
+        try:
+            return cls._from_doc(path, doc)
+        except InputError as e:
+            raise InputError(f"agent config {path}: {e}") from None
+
+    @classmethod
+    def _from_doc(cls, path: Path, doc: Mapping[str, Any]) -> AgentConfig:
         base = path.resolve().parent
-        reader = _Reader(path, doc)
+        reader = _Reader(doc)
+        reader.check_names()
         ca = reader.string("server", "ca_bundle", "")
         metadata_dir = reader.string("paths", "metadata_dir", "")
         download_dir = reader.string("paths", "download_dir", "")
-        try:
-            return cls(
-                device_id=reader.string("device", "id"),
-                hardware_id=reader.string("device", "hardware_id"),
-                tags=tuple(reader.string_list("device", "tags", [])),
-                key_path=base / reader.string("device", "key", "device.key"),
-                public_key_path=base / reader.string("device", "public_key", "device.pub"),
-                server_url=reader.string("server", "url"),
-                trusted_root=base / reader.string("server", "trusted_root", "root.json"),
-                ca_bundle=(base / ca) if ca else None,
-                state_dir=base / reader.string("paths", "state_dir", "state"),
-                slots_dir=base / reader.string("paths", "slots_dir", "slots"),
-                poll_interval=reader.number("poll", "interval", 300),
-                poll_jitter=reader.number("poll", "jitter", 0.2),
-                installer_kind=reader.string("installer", "kind", "ab-simulator"),
-                installer_command=reader.string("installer", "command", ""),
-                health_command=reader.string("health", "command", ""),
-                health_deadline=reader.number("health", "deadline", 60),
-                max_boot_attempts=reader.integer("health", "max_boot_attempts", 3),
-                metadata_dir=(base / metadata_dir) if metadata_dir else None,
-                download_dir=(base / download_dir) if download_dir else None,
-                max_backoff=reader.number("poll", "max_backoff", 0),
-                rate_limit=reader.size("download", "rate_limit", 0),
-                data_budget=reader.size("download", "data_budget", 0),
-                budget_period=reader.number("download", "budget_period", 30 * 86400),
-                progress=reader.string("download", "progress", "auto"),
-                progress_step=reader.integer("download", "progress_step", 25),
-            )
-        except InputError as e:
-            raise InputError(f"agent config {path}: {e}") from e
+        window = reader.string("policy", "maintenance_window", "").strip()
+        min_version = reader.string("policy", "min_version", "").strip()
+        return cls(
+            device_id=reader.string("device", "id"),
+            hardware_id=reader.string("device", "hardware_id"),
+            tags=tuple(reader.string_list("device", "tags", [])),
+            key_path=base / reader.string("device", "key", "device.key"),
+            public_key_path=base / reader.string("device", "public_key", "device.pub"),
+            server_url=reader.string("server", "url"),
+            trusted_root=base / reader.string("server", "trusted_root", "root.json"),
+            ca_bundle=(base / ca) if ca else None,
+            state_dir=base / reader.string("paths", "state_dir", "state"),
+            slots_dir=base / reader.string("paths", "slots_dir", "slots"),
+            poll_interval=reader.duration("poll", "interval", 300),
+            poll_jitter=reader.number("poll", "jitter", 0.2),
+            installer_kind=reader.string("installer", "kind", "ab-simulator"),
+            installer_command=reader.string("installer", "command", ""),
+            health_command=reader.string("health", "command", ""),
+            health_deadline=reader.duration("health", "deadline", 60),
+            max_boot_attempts=reader.integer("health", "max_boot_attempts", 3),
+            metadata_dir=(base / metadata_dir) if metadata_dir else None,
+            download_dir=(base / download_dir) if download_dir else None,
+            max_backoff=reader.duration("poll", "max_backoff", 0),
+            rate_limit=reader.size("download", "rate_limit", 0),
+            data_budget=reader.size("download", "data_budget", 0),
+            budget_period=reader.duration("download", "budget_period", 30 * 86400),
+            progress=reader.string("download", "progress", "auto"),
+            progress_step=reader.integer("download", "progress_step", 25),
+            heartbeat_interval=reader.duration("download", "heartbeat_interval", 60),
+            maintenance_window=window or None,
+            min_version=min_version or None,
+        )
 
 
 def _check_url(url: str) -> None:
@@ -277,24 +389,46 @@ _MISSING: Any = object()
 
 
 class _Reader:
-    """Typed access to the parsed TOML, with errors naming ``[section] field``."""
+    """Typed access to the parsed TOML, with errors naming ``[section] field`` (not the file)."""
 
-    def __init__(self, path: Path, doc: Mapping[str, Any]) -> None:
-        self._path = path
+    def __init__(self, doc: Mapping[str, Any]) -> None:
         self._doc = doc
+
+    def check_names(self) -> None:
+        """Refuse any section or key that ``SCHEMA`` does not list, naming the closest."""
+        for section, table in self._doc.items():
+            if section not in SCHEMA:
+                if not isinstance(table, dict):
+                    raise InputError(
+                        f"unknown key {section!r} outside any section{closest(section, SCHEMA)}"
+                    )
+                raise InputError(f"unknown section [{section}]{closest(section, SCHEMA, '[{}]')}")
+            if not isinstance(table, dict):
+                raise InputError(f"[{section}] must be a table")
+            for name in table:
+                if name not in SCHEMA[section]:
+                    raise InputError(
+                        f"unknown key [{section}] {name}{closest(name, SCHEMA[section])}"
+                    )
 
     def _get(self, section: str, name: str, default: Any) -> Any:
         table = self._doc.get(section, {})
         if not isinstance(table, dict):
-            raise InputError(f"agent config {self._path}: [{section}] must be a table")
+            raise InputError(f"[{section}] must be a table")
         if name not in table:
             if default is _MISSING:
-                raise InputError(f"agent config {self._path}: [{section}] {name} is missing")
+                raise InputError(f"[{section}] {name} is missing")
             return default
         return table[name]
 
     def _bad(self, section: str, name: str, what: str) -> InputError:
-        return InputError(f"agent config {self._path}: [{section}] {name} must be {what}")
+        return InputError(f"[{section}] {name} must be {what}")
+
+    def duration(self, section: str, name: str, default: float) -> float:
+        value = self._get(section, name, default)
+        if not isinstance(value, int | float | str):
+            raise self._bad(section, name, "a duration such as 30, '10s', '5m' or '1h'")
+        return parse_duration(value, f"[{section}] {name}", DURATION_BOUNDS[f"{section}.{name}"])
 
     def string(self, section: str, name: str, default: Any = _MISSING) -> str:
         value = self._get(section, name, default)
@@ -381,6 +515,9 @@ def render_agent_config(
     budget_period: float = 30 * 86400,
     progress: str = "auto",
     progress_step: int = 25,
+    heartbeat_interval: float = 60,
+    maintenance_window: str = "",
+    min_version: str = "",
 ) -> str:
     """Render an ``agent.toml`` that :meth:`AgentConfig.load` accepts.
 
@@ -415,6 +552,9 @@ def render_agent_config(
         budget_period=float(budget_period),
         progress=progress,
         progress_step=int(progress_step),
+        heartbeat_interval=float(heartbeat_interval),
+        maintenance_window=maintenance_window or None,
+        min_version=min_version or None,
     )
     for name, value in (
         ("key", key),
@@ -457,6 +597,8 @@ def render_agent_config(
         f"budget_period = {_toml_number(budget_period)}  # seconds",
         f"progress = {s(progress)}  # auto: a progress bar on a terminal",
         f"progress_step = {int(progress_step)}  # percent between progress reports; 0: none",
+        f"heartbeat_interval = {_toml_number(heartbeat_interval)}  # seconds between reports "
+        "while downloading",
         "",
         "[installer]",
         f"kind = {s(installer_kind)}",
@@ -466,6 +608,10 @@ def render_agent_config(
         f"command = {s(health_command)}",
         f"deadline = {_toml_number(health_deadline)}",
         f"max_boot_attempts = {int(max_boot_attempts)}",
+        "",
+        "[policy]  # the device's own limits; a signed rollout document cannot widen them",
+        f"maintenance_window = {s(maintenance_window)}  # 'Sat 02:00-04:00 UTC'; empty: any time",
+        f"min_version = {s(min_version)}  # never install an older release; empty: no floor",
         "",
     ]
     return "\n".join(lines)

@@ -60,7 +60,7 @@ def test_rendered_config_round_trips_awkward_strings(tmp_path: Path) -> None:
         (
             '[device]\nid = "d"\nhardware_id = "gw"\n[server]\nurl = "http://x"\n'
             '[poll]\ninterval = "soon"\n',
-            "[poll] interval must be a number",
+            "[poll] interval 'soon' is not a duration such as 30, '10s'",
         ),
         (
             '[device]\nid = "d"\nhardware_id = "gw"\n[server]\nurl = "http://x"\n'
@@ -77,6 +77,83 @@ def test_invalid_config_names_the_field(tmp_path: Path, toml: str, message: str)
 
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         AgentConfig.load(path)
+
+
+_BASE = '[device]\nid = "d"\nhardware_id = "gw"\n[server]\nurl = "http://x"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[installer]\nkidn = "command"\n', "unknown key [installer] kidn; did you mean kind?"),
+        ("[donwload]\nrate_limit = 1\n", "unknown section [donwload]; did you mean [download]?"),
+        ('[poll]\nintreval = "10s"\n', "unknown key [poll] intreval; did you mean interval?"),
+        ("[zzz]\nq = 1\n", "unknown section [zzz]"),
+        ('[poll]\ninterval = "2 weeks"\n', "[poll] interval '2 weeks' is not a duration"),
+        ('[poll]\ninterval = "2d"\n', "[poll] interval '2d' is outside 1s - 1d"),
+        ("[poll]\ninterval = 0\n", "[poll] interval 0 is outside 1s - 1d"),
+        ('[policy]\nmin_version = "one"\n', "policy.min_version: "),
+        ('[policy]\nmaintenance_window = "Sat 2-4"\n', "policy.maintenance_window: "),
+    ],
+    ids=["kidn", "donwload", "intreval", "far-section", "duration", "long", "zero", "min", "window"],
+)
+def test_unknown_names_and_bad_values_name_the_file_once_and_the_closest_key(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(_BASE + extra)
+
+    with pytest.raises(InputError) as info:
+        AgentConfig.load(path)
+
+    text = str(info.value)
+    assert message in text
+    assert text.startswith(f"agent config {path}: ")
+    assert text.count(str(path)) == 1
+
+
+def test_a_top_level_key_outside_any_section_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('kind = "command"\n' + _BASE)
+
+    with pytest.raises(InputError, match="unknown key 'kind' outside any section"):
+        AgentConfig.load(path)
+
+
+def test_durations_policy_and_heartbeat_load(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        _BASE + '[poll]\ninterval = "10s"\nmax_backoff = "5m"\n'
+        '[download]\nheartbeat_interval = "1m"\n'
+        '[health]\ndeadline = "1h"\n'
+        '[policy]\nmaintenance_window = "Sat 02:00-04:00 UTC"\nmin_version = "1.2.0"\n'
+    )
+
+    config = AgentConfig.load(path)
+
+    assert (config.poll_interval, config.max_backoff) == (10.0, 300.0)
+    assert (config.heartbeat_interval, config.health_deadline) == (60.0, 3600.0)
+    assert config.maintenance_window == "Sat 02:00-04:00 UTC"
+    assert config.min_version == "1.2.0"
+
+
+def test_rendered_policy_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        render_agent_config(
+            device_id=DEVICE,
+            hardware_id=HW,
+            server_url="http://x",
+            poll_interval=10,
+            maintenance_window="daily 01:00-03:00 UTC",
+            min_version="2.0.0",
+        )
+    )
+
+    config = AgentConfig.load(path)
+
+    assert (config.maintenance_window, config.min_version) == ("daily 01:00-03:00 UTC", "2.0.0")
+    assert config.poll_interval == 10.0
 
 
 def test_missing_config_is_not_found(tmp_path: Path) -> None:
