@@ -46,11 +46,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 
-from tufota_core import InputError, NotFoundError, VerificationError
+from tufota_core import InputError, NotFoundError, VerificationError, safe_text
 
 BUNDLE_FORMAT = "tufota.bundle/1"
 MANIFEST = "bundle.json"
@@ -59,25 +59,50 @@ _ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _CHUNK = 1024 * 1024
 _CONTEXT = "context/targets"  # key of the context targets among the parsed metadata
+_BLOCK = 512
+_EXTENSION_TYPES = {b"x": "pax", b"g": "global pax", b"L": "GNU long name", b"K": "GNU long link"}
+_REGULAR_TYPES = (b"0", b"\0", b"7")
+_MAX_EXTENSIONS_IN_A_ROW = 4
+_PAX_RECORD = re.compile(rb"(\d{1,8}) ([^=\n]{1,64})=")
+
+
+def _shown(name: str) -> str:
+    """A member name as an error message may show it: neutralised and short."""
+    return repr(safe_text(name, 80))
 
 
 @dataclass(frozen=True)
 class BundleLimits:
     """Caps that keep a hostile bundle from exhausting the reader.
 
+    Every cap is checked from the tar headers, before the data it guards is
+    read, allocated or written to disk.
+
     Attributes:
         max_members: Archive members, directory entries included.
-        max_metadata_bytes: Size of one metadata file or the manifest.
+        max_metadata_bytes: Size of one metadata file or the manifest (devices
+            refuse targets metadata above 5 MB by default, so larger cannot work).
+        max_metadata_total_bytes: Sum of all metadata files (held in memory).
         max_blob_bytes: Size of one firmware file.
         max_total_bytes: Sum of all member sizes (uncompressed).
         max_blobs: Firmware files in one bundle.
+        max_header_bytes: Payload of one tar extension header (GNU long name or
+            link, pax record set); a bundle's names are short.
+        max_compression_ratio: Uncompressed bytes per compressed byte of a
+            tar.gz, checked once more than ``compression_floor_bytes`` came out.
+        compression_floor_bytes: Output below which the ratio is not checked
+            (small metadata compresses well).
     """
 
     max_members: int = 256
-    max_metadata_bytes: int = 32 * 1024 * 1024
+    max_metadata_bytes: int = 5 * 1024 * 1024
+    max_metadata_total_bytes: int = 16 * 1024 * 1024
     max_blob_bytes: int = 2 * 1024**3
     max_total_bytes: int = 4 * 1024**3
     max_blobs: int = 64
+    max_header_bytes: int = 8 * 1024
+    max_compression_ratio: int = 200
+    compression_floor_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass
@@ -108,13 +133,13 @@ class ReleaseBundle:
 def _check_target_path(path: str) -> str:
     parts = path.split("/")
     if not parts or any(not _SEGMENT.match(p) or ".." in p for p in parts):
-        raise InputError(f"bundle: target path {path!r} is not a safe relative path")
+        raise InputError(f"bundle: target path {_shown(path)} is not a safe relative path")
     return path
 
 
 def _check_role_name(name: str) -> str:
     if not _ROLE_NAME.match(name) or name in _TOP_LEVEL:
-        raise InputError(f"bundle: {name!r} is not a delegated role name")
+        raise InputError(f"bundle: {_shown(name)} is not a delegated role name")
     return name
 
 
@@ -252,20 +277,20 @@ def _member_kind(name: str, is_dir: bool) -> tuple[str, str]:
         or "\x00" in name
         or any(part in ("", ".", "..") for part in name.rstrip("/").split("/"))
     ):
-        raise InputError(f"bundle: member name {name!r} is not a safe relative path")
+        raise InputError(f"bundle: member name {_shown(name)} is not a safe relative path")
     if is_dir:
         normal = name.rstrip("/")
         if normal in ("metadata", "targets", "context"):
             return "dir", normal
         if normal.startswith("targets/"):
             return "dir", _check_target_path(normal[len("targets/") :])
-        raise InputError(f"bundle: unexpected directory {name!r}")
+        raise InputError(f"bundle: unexpected directory {_shown(name)}")
     if name == MANIFEST:
         return "manifest", name
     if name.startswith("metadata/"):
         rest = name[len("metadata/") :]
         if "/" in rest or not rest.endswith(".json"):
-            raise InputError(f"bundle: unexpected member {name!r}")
+            raise InputError(f"bundle: unexpected member {_shown(name)}")
         role = rest[: -len(".json")]
         if role not in ("root", "targets"):
             _check_role_name(role)
@@ -274,13 +299,15 @@ def _member_kind(name: str, is_dir: bool) -> tuple[str, str]:
         return "blob", _check_target_path(name[len("targets/") :])
     if name == "context/targets.json":
         return "context", "targets"
-    raise InputError(f"bundle: unexpected member {name!r}")
+    raise InputError(f"bundle: unexpected member {_shown(name)}")
 
 
 def _read_capped(stream: IO[bytes], size: int, name: str) -> bytes:
     data = stream.read(size + 1)
     if len(data) != size:
-        raise InputError(f"bundle: member {name!r} is truncated or longer than its header says")
+        raise InputError(
+            f"bundle: member {_shown(name)} is truncated or longer than its header says"
+        )
     return data
 
 
@@ -297,7 +324,9 @@ def _copy_capped(stream: IO[bytes], size: int, dest: Path, name: str) -> None:
                 break
             out.write(chunk)
     if done != size:
-        raise InputError(f"bundle: member {name!r} is truncated or longer than its header says")
+        raise InputError(
+            f"bundle: member {_shown(name)} is truncated or longer than its header says"
+        )
 
 
 def _parse_manifest(data: bytes) -> dict[str, Any]:
@@ -363,12 +392,195 @@ def read_bundle(path: Path, limits: BundleLimits | None = None) -> Iterator[Rele
 
 
 def _read(path: Path, limits: BundleLimits, work: Path) -> ReleaseBundle:
+    # tarfile reads extension headers (long names, pax records) whole inside
+    # next(), before any check of ours: the raw stream is checked first, and
+    # tarfile then opens it with the same compression the pre-scan saw.
+    gzipped = _prescan(path, limits)
     try:
-        with tarfile.open(path, mode="r:*") as tar:
+        with tarfile.open(path, mode="r:gz" if gzipped else "r:") as tar:
             manifest, metadata, blob_files = _scan(tar, limits, work)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise InputError(f"{path} is not a readable tar or tar.gz bundle: {e}") from e
     return _assemble(manifest, metadata, blob_files)
+
+
+class _Stream:
+    """The archive's uncompressed bytes, with the compression ratio checked on every read."""
+
+    def __init__(self, raw: IO[bytes], gzipped: bool, limits: BundleLimits) -> None:
+        self._raw = raw
+        self._data: IO[bytes] = (
+            cast("IO[bytes]", gzip.GzipFile(fileobj=raw, mode="rb")) if gzipped else raw
+        )
+        self._gzipped = gzipped
+        self._limits = limits
+        self.offset = 0
+
+    def read(self, size: int) -> bytes:
+        data = self._data.read(size)
+        self.offset += len(data)
+        if self._gzipped and self.offset > self._limits.compression_floor_bytes:
+            consumed = max(self._raw.tell(), 1)
+            if self.offset > self._limits.max_compression_ratio * consumed:
+                raise InputError(
+                    f"bundle: decompresses to more than {self._limits.max_compression_ratio}x "
+                    f"its compressed size ({self.offset // 1024**2} MiB from "
+                    f"{consumed // 1024} KiB so far); refused as a compression bomb "
+                    "(upload an uncompressed tar if this is intended)"
+                )
+        return data
+
+    def skip(self, size: int) -> None:
+        if not self._gzipped:
+            self._raw.seek(size, os.SEEK_CUR)
+            self.offset += size
+            return
+        while size > 0:
+            chunk = self.read(min(_CHUNK, size))
+            if not chunk:
+                raise InputError("bundle: the archive is truncated")
+            size -= len(chunk)
+
+
+def _number(field: bytes) -> int:
+    """A tar header number: octal text or GNU base-256 (as tarfile reads it)."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        if field[:1] == b"\xff":
+            raise InputError("bundle: a tar header holds a negative number")
+        return value
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise InputError("bundle: a tar header holds a malformed number") from None
+
+
+def _checksum_ok(block: bytes) -> bool:
+    unsigned = 256 + sum(block[:148]) + sum(block[156:])
+    signed = 256 + sum(b - 256 if b > 127 else b for b in block[:148] + block[156:])
+    try:
+        return _number(block[148:156]) in (unsigned, signed)
+    except InputError:
+        return False
+
+
+def _pax_size(payload: bytes, global_header: bool) -> int | None:
+    """The ``size`` a pax record set gives the next member, or None.
+
+    Raises:
+        InputError: malformed records, sparse files, or a global size.
+    """
+    size = None
+    pos = 0
+    while pos < len(payload) and payload[pos] != 0:
+        match = _PAX_RECORD.match(payload, pos)
+        if match is None:
+            raise InputError("bundle: a pax header is malformed")
+        length = int(match.group(1))
+        end = pos + length
+        if length < len(match.group(0)) + 1 or end > len(payload) or payload[end - 1] != 0x0A:
+            raise InputError("bundle: a pax header is malformed")
+        key, value = match.group(2), payload[match.end() : end - 1]
+        if key.startswith(b"GNU.sparse"):
+            raise InputError("bundle: sparse files are refused")
+        if key == b"size":
+            if global_header:
+                raise InputError("bundle: a global pax header may not set sizes")
+            if not value.isdigit() or len(value) > 20:
+                raise InputError("bundle: a pax header holds a malformed size")
+            size = int(value)
+        pos = end
+    return size
+
+
+def _prescan(path: Path, limits: BundleLimits) -> bool:
+    """Walk the raw tar headers, refusing what tarfile would allocate or write unchecked.
+
+    Reads at most one header payload (``max_header_bytes``) and one chunk at a
+    time, so memory stays constant whatever the archive claims; member data is
+    skipped, not stored. Checks: compression (tar or gzip only) and its ratio,
+    header checksums, extension header sizes, member count, member types,
+    each member's size and the total.
+
+    Returns:
+        Whether the archive is gzip-compressed.
+
+    Raises:
+        InputError: the first check that failed, in a short message.
+    """
+    unreadable = f"{path} is not a readable tar or tar.gz bundle"
+    biggest = max(limits.max_blob_bytes, limits.max_metadata_bytes)
+    try:
+        with path.open("rb") as raw:
+            magic = raw.read(6)
+            raw.seek(0)
+            if magic.startswith(b"BZh") or magic == b"\xfd7zXZ\x00":
+                raise InputError(f"{unreadable}: only tar and gzip-compressed tar are accepted")
+            gzipped = magic.startswith(b"\x1f\x8b")
+            stream = _Stream(raw, gzipped, limits)
+            members = extensions = 0
+            total = 0
+            pending_size: int | None = None
+            while True:
+                block = stream.read(_BLOCK)
+                if len(block) < _BLOCK:
+                    if members == 0:
+                        raise InputError(f"{unreadable}: no tar header")
+                    raise InputError("bundle: the archive is truncated")
+                if block.count(0) == _BLOCK:
+                    if members == 0:
+                        raise InputError(f"{unreadable}: empty archive")
+                    break
+                if not _checksum_ok(block):
+                    if members == 0 and extensions == 0:
+                        raise InputError(f"{unreadable}: bad header checksum")
+                    raise InputError(
+                        f"bundle: bad tar header checksum at byte {stream.offset - _BLOCK}"
+                    )
+                kind, size = block[156:157], _number(block[124:136])
+                if kind in _EXTENSION_TYPES:
+                    extensions += 1
+                    if extensions > _MAX_EXTENSIONS_IN_A_ROW:
+                        raise InputError("bundle: too many tar extension headers in a row")
+                    if size > limits.max_header_bytes:
+                        raise InputError(
+                            f"bundle: a {_EXTENSION_TYPES[kind]} header of {size} bytes "
+                            f"(at most {limits.max_header_bytes}); bundle names are short"
+                        )
+                    padded = -(-size // _BLOCK) * _BLOCK
+                    payload = stream.read(padded)
+                    if len(payload) < padded:
+                        raise InputError("bundle: the archive is truncated")
+                    if kind in (b"x", b"g"):
+                        given = _pax_size(payload[:size], kind == b"g")
+                        pending_size = given if given is not None else pending_size
+                    continue
+                extensions = 0
+                members += 1
+                if members > limits.max_members:
+                    raise InputError(f"bundle has more than {limits.max_members} members")
+                if pending_size is not None:
+                    size, pending_size = pending_size, None
+                directory = kind == b"5" or (
+                    kind == b"\0" and block[:100].split(b"\0", 1)[0].endswith(b"/")
+                )
+                if directory:
+                    continue  # tarfile reads no data for a directory, whatever its size
+                if kind not in _REGULAR_TYPES:
+                    raise InputError(
+                        f"bundle: member #{members} is not a regular file "
+                        f"(links and devices are refused; tar type {kind!r})"
+                    )
+                if size > biggest:
+                    raise InputError(f"bundle: member #{members} is larger than {biggest} bytes")
+                total += size
+                if total > limits.max_total_bytes:
+                    raise InputError(f"bundle is larger than {limits.max_total_bytes} bytes")
+                stream.skip(-(-size // _BLOCK) * _BLOCK)
+            return gzipped
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"{unreadable}: {e}") from e
 
 
 def _scan(
@@ -379,7 +591,7 @@ def _scan(
     blob_files: dict[str, Path] = {}
     manifest: dict[str, Any] | None = None
     names: set[str] = set()
-    count = total = 0
+    count = total = held = 0
     context: bytes | None = None
     while (member := tar.next()) is not None:
         count += 1
@@ -389,23 +601,29 @@ def _scan(
         kind, key = _member_kind(name, member.isdir())
         normal = name.rstrip("/")
         if normal in names:
-            raise InputError(f"bundle: member {normal!r} appears twice")
+            raise InputError(f"bundle: member {_shown(normal)} appears twice")
         names.add(normal)
         if member.isdir():
             continue
         if not member.isreg() or member.issparse():
             raise InputError(
-                f"bundle: member {name!r} is not a regular file (links and devices are refused)"
+                f"bundle: member {_shown(name)} is not a regular file (no links or devices)"
             )
         total += member.size
         if total > limits.max_total_bytes:
             raise InputError(f"bundle is larger than {limits.max_total_bytes} bytes")
         cap = limits.max_blob_bytes if kind == "blob" else limits.max_metadata_bytes
         if member.size > cap:
-            raise InputError(f"bundle: {name} is larger than {cap} bytes")
+            raise InputError(f"bundle: {_shown(name)} is larger than {cap} bytes")
+        if kind != "blob":
+            held += member.size
+            if held > limits.max_metadata_total_bytes:
+                raise InputError(
+                    f"bundle: its metadata is larger than {limits.max_metadata_total_bytes} bytes"
+                )
         stream = tar.extractfile(member)
         if stream is None:  # pragma: no cover - regular members always have data
-            raise InputError(f"bundle: cannot read member {name!r}")
+            raise InputError(f"bundle: cannot read member {_shown(name)}")
         if kind == "blob":
             if len(blob_files) >= limits.max_blobs:
                 raise InputError(f"bundle has more than {limits.max_blobs} firmware files")
