@@ -33,6 +33,7 @@ import logging
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -147,11 +148,14 @@ class Agent:
         self._outbox = Outbox(config.state_dir / "outbox", config.limits.max_queued_reports)
         self._signer = signer
         self._session = session or make_session(config)
-        self._sender = ReportSender(self._session, config)
+        self._sender = ReportSender(config)
         self._state = AgentState()
         self._queued = 0
         self._unauthorized = False
         self._offline = False
+        # Set when a delivery failed this cycle: later flushes of the cycle are
+        # skipped, so a hostile or dead report path costs one deadline per cycle.
+        self._channel_down = False
 
     def close(self) -> None:
         """Release the HTTP session."""
@@ -197,6 +201,7 @@ class Agent:
         self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._queued = 0
         self._unauthorized = False
+        self._channel_down = False
         self._load_state()
         boot_result = self._finish_pending_boot()
         self._flush()
@@ -273,8 +278,19 @@ class Agent:
         self._state = state
 
     def _flush(self) -> FlushResult:
-        result = self._outbox.flush(self._sender, self.config.limits.max_reports_per_flush)
+        """Deliver what the outbox holds, within ``flush_deadline``; never blocks a cycle long.
+
+        After a failed delivery the rest of the cycle does not try again: the
+        reports stay queued for the next cycle.
+        """
+        if self._offline or self._channel_down:
+            return FlushResult(remaining=len(self._outbox.seqs()))
+        limits = self.config.limits
+        deadline = time.monotonic() + limits.flush_deadline
+        result = self._outbox.flush(self._sender, limits.max_reports_per_flush, deadline)
         self._unauthorized = self._unauthorized or result.unauthorized
+        if result.error:
+            self._channel_down = True
         return result
 
     def _result(self, action: str, **fields: Any) -> CycleResult:

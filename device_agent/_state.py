@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -218,22 +219,26 @@ class Outbox:
             os.unlink(self._path(seq))
         fsync_dir(self.dir)
 
-    def flush(self, sender: ReportSender, limit: int) -> FlushResult:
-        """Deliver queued reports in seq order until one must wait.
+    def flush(self, sender: ReportSender, limit: int, deadline: float | None = None) -> FlushResult:
+        """Deliver queued reports in seq order until one must wait or ``deadline`` passes.
 
-        Never raises for network or server failures; they end the flush.
+        ``deadline`` is a ``time.monotonic()`` instant. Never raises for network
+        or server failures; they end the flush and the reports stay queued.
         """
         delivered = dropped = 0
         error = ""
         unauthorized = False
         for seq in self.seqs()[:limit]:
+            if deadline is not None and time.monotonic() >= deadline:
+                error = "flush deadline reached"
+                break
             envelope = self.read(seq)
             if envelope is None:
                 logger.warning("outbox report %d is unreadable; dropping it", seq)
                 self._remove(seq)
                 dropped += 1
                 continue
-            outcome, detail = sender.send(envelope)
+            outcome, detail = sender.send(envelope, deadline)
             if outcome in (Delivery.ACCEPTED, Delivery.DUPLICATE):
                 logger.debug("report %d delivered (%s)", seq, detail)
                 self._remove(seq)

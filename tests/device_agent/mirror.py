@@ -3,7 +3,9 @@
 It forwards every request to the origin and lets a test replace the answer for
 chosen paths: fixed bytes (replayed or forged metadata, other firmware), an
 endless stream, or a trickle. Report POSTs pass through unchanged, so the
-origin's report endpoint sees what the device says about the attack.
+origin's report endpoint sees what the device says about the attack, unless
+``answers`` names them: then the raw bytes of a hostile HTTP answer (status
+line and headers included, so even the head can trickle) go back instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Rewrites:
 
     replace: dict[str, bytes] = field(default_factory=dict)
     stream: dict[str, tuple[int, Body]] = field(default_factory=dict)  # (Content-Length, body)
+    answers: dict[str, Body] = field(default_factory=dict)  # POST path suffix -> raw answer
     hits: list[str] = field(default_factory=list)
 
     def find(self, path: str) -> tuple[str, Any] | None:
@@ -42,6 +45,18 @@ def endless() -> Iterator[bytes]:
     chunk = b"\0" * 65536
     while True:
         yield chunk
+
+
+def endless_answer(limit: int) -> Body:
+    """An HTTP answer that claims ``limit`` bytes and sends them (effectively endless)."""
+
+    def body() -> Iterator[bytes]:
+        yield f"HTTP/1.1 202 Accepted\r\nContent-Length: {limit}\r\n\r\n".encode()
+        chunk = b"x" * 65536
+        for _ in range(limit // len(chunk)):
+            yield chunk
+
+    return body
 
 
 def trickle(data: bytes, delay: float) -> Body:
@@ -107,7 +122,19 @@ def _handler(origin: str, rewrites: Rewrites) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
-            self._forward("POST", self.rfile.read(length))
+            body = self.rfile.read(length)
+            answer = next((b for k, b in rewrites.answers.items() if self.path.endswith(k)), None)
+            if answer is None:
+                self._forward("POST", body)
+                return
+            rewrites.hits.append(self.path)
+            self.close_connection = True
+            try:
+                for chunk in answer():
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
     return Handler
 
