@@ -1,22 +1,32 @@
-"""The embedded-default repository directory and its configuration.
+"""The embedded-default repository directory, its configuration and its signing directory.
 
-Layout of ``REPO/``::
+Layout of ``REPO/`` (the server's state: everything ``tufota serve`` may read)::
 
-    tufota.json     configuration (key file names, thresholds, server URL)
-    keys/           NAME.key (encrypted private key) and NAME.pub; never served
+    tufota.json     configuration (key file names, server URL, storage)
+    keys/           the ONLINE keys only: online.key/.pub (snapshot, timestamp),
+                    rollouts.key/.pub; each encrypted with its own passphrase
     public/         the served tree: metadata/ and targets/ (the local Storage)
     tracker.db      the rollout tracker (SQLite)
     tokens.json     operators' API tokens (SHA-256 hashes only)
     .publish.lock   serialises publishers across processes
+
+Layout of the signing directory (default ``REPO-signing`` beside ``REPO``,
+``tufota init --signing-dir`` elsewhere; docs/decisions/0008)::
+
+    root.key/.pub, targets.key/.pub      offline top-level keys
+    release-<hw>.key/.pub                one key per product line
+    root.json                            the root trusted at init, for --root
 
 With S3 storage (``tufota init STATE_DIR --storage s3://BUCKET/PREFIX``) the
 directory is the *state directory*: everything above except ``public/``, and
 ``tufota.json`` names the bucket (docs/decisions/0005). Keys, tokens and the
 tracker never go to the bucket, which may be public behind a CDN.
 
-Invariants: only ``public/`` (or the bucket prefix) is ever served; ``create``
-builds the whole directory beside its destination and renames it into place,
-so a failed ``tufota init`` leaves nothing behind locally.
+Invariants: only ``public/`` (or the bucket prefix) is ever served; no offline
+private key is ever written under ``REPO`` (``create`` refuses a signing
+directory inside it); ``create`` builds both directories beside their
+destinations and renames them into place, so a failed ``tufota init`` leaves
+nothing behind locally; every secret is gathered before the first write.
 """
 
 from __future__ import annotations
@@ -28,32 +38,68 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repo_server._config import ServerLimits
 from repo_server._publisher import OnlineSigners, Publisher, RepoState, load_state
-from repo_server._s3 import S3Location, S3Storage, is_s3_url
 from repo_server._storage import LocalStorage, Storage
 from signing import (
+    TRUSTED_ROOT,
     Expiry,
     KeyFile,
+    KeyFinding,
+    KeyPassphrases,
+    default_signing_dir,
     generate_key,
+    is_inside,
     load_public_key,
     load_signer,
     new_root,
     new_targets,
+    offline_key_findings,
+    product_key_name,
     sign_all,
 )
-from tufota_core import InputError, NotFoundError, RepositoryError, utcnow
+from tufota_core import (
+    InputError,
+    NotFoundError,
+    RepositoryError,
+    TufotaError,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from repo_server._s3 import S3Location
 
 CONFIG_FILE = "tufota.json"
 FORMAT = 1
 Passphrase = Callable[[], str]
+# The offline keys init creates (in the signing directory) and the online ones (in REPO/keys).
+OFFLINE_INIT_KEYS = ("root", "targets")
+ONLINE_INIT_KEYS = ("online", "rollouts")
+
+
+def is_s3_url(value: str) -> bool:
+    """``s3://...``; kept here so the base install never imports boto3 for a local path."""
+    return value.startswith("s3://")
+
+
+def _s3_location(url: str) -> S3Location:
+    from repo_server._s3 import S3Location  # boto3: server extra only
+
+    return S3Location.parse(url)
 
 
 @dataclass(frozen=True)
 class RepoConfig:
-    """``tufota.json``: which key files play which role."""
+    """``tufota.json``: which key files play which role.
+
+    ``root_keys`` and ``targets_keys`` name files in the signing directory;
+    ``online_key`` and ``rollouts_key`` name files in ``REPO/keys``.
+    ``release_key`` is empty for repositories made since key custody
+    (each product line gets its own ``release-<hw>`` key); older
+    repositories keep the shared key they name.
+    """
 
     server_url: str = "http://127.0.0.1:8080"
     root_keys: list[str] = field(default_factory=lambda: ["root"])
@@ -61,7 +107,7 @@ class RepoConfig:
     targets_keys: list[str] = field(default_factory=lambda: ["targets"])
     online_key: str = "online"
     rollouts_key: str = "rollouts"
-    release_key: str = "release"
+    release_key: str = ""
     format: int = FORMAT
     storage: str = ""
     s3_endpoint_url: str = ""
@@ -89,8 +135,10 @@ def make_storage(path: Path, config: RepoConfig, limits: ServerLimits | None = N
         return LocalStorage(path / "public", path / ".publish.lock")
     if not is_s3_url(config.storage):
         raise InputError(f"{CONFIG_FILE}: storage {config.storage!r} is not an s3:// URL")
+    from repo_server._s3 import S3Storage  # boto3: server extra only
+
     return S3Storage(
-        S3Location.parse(config.storage),
+        _s3_location(config.storage),
         endpoint_url=config.s3_endpoint_url or None,
         region=config.s3_region or None,
         sse=config.s3_sse,
@@ -100,13 +148,24 @@ def make_storage(path: Path, config: RepoConfig, limits: ServerLimits | None = N
 
 
 class Repository:
-    """A repository (or state) directory: configuration, keys, storage, tracker file."""
+    """A repository (or state) directory and, for offline commands, its signing directory.
 
-    def __init__(self, path: Path, config: RepoConfig, storage: Storage | None = None) -> None:
+    ``key(name)`` looks in ``REPO/keys`` (online keys) and then in the signing
+    directory; the server itself only ever asks for online keys.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        config: RepoConfig,
+        storage: Storage | None = None,
+        signing_dir: Path | None = None,
+    ) -> None:
         self.path = path
         self.config = config
         self.storage: Storage = storage or make_storage(path, config)
         self.expiry = Expiry()
+        self.signing_dir = signing_dir or default_signing_dir(path)
 
     @property
     def storage_url(self) -> str:
@@ -126,8 +185,8 @@ class Repository:
         return self.path / "tokens.json"
 
     @classmethod
-    def open(cls, path: Path) -> Repository:
-        """Open an existing repository.
+    def open(cls, path: Path, signing_dir: Path | None = None) -> Repository:
+        """Open an existing repository (``signing_dir``: default ``REPO-signing``).
 
         Raises:
             NotFoundError: ``path`` is not a tufota repository.
@@ -141,7 +200,7 @@ class Repository:
             data = json.loads(config_path.read_text())
         except (OSError, ValueError) as e:
             raise RepositoryError(f"cannot read {config_path}: {e}") from e
-        return cls(path, RepoConfig.from_json(data))
+        return cls(path, RepoConfig.from_json(data), signing_dir=signing_dir)
 
     @classmethod
     def locate(cls, repo: str, state_dir: str | None = None) -> Repository:
@@ -156,14 +215,14 @@ class Repository:
             if state_dir is not None and Path(state_dir) != Path(repo):
                 raise InputError("--state-dir goes with an s3:// --repo only")
             return cls.open(Path(repo))
-        location = S3Location.parse(repo)
+        location = _s3_location(repo)
         if state_dir is None:
             raise InputError(
                 f"{repo} needs --state-dir: the directory 'tufota init --storage {repo}' "
                 "created, holding the keys, tokens and tracker"
             )
         opened = cls.open(Path(state_dir))
-        if not opened.config.storage or S3Location.parse(opened.config.storage) != location:
+        if not opened.config.storage or _s3_location(opened.config.storage) != location:
             raise InputError(
                 f"state directory {state_dir} belongs to "
                 f"{opened.config.storage or 'a local repository'}, not {location.url}"
@@ -174,33 +233,46 @@ class Repository:
     def create(
         cls,
         path: Path,
-        passphrase: str,
+        passphrase: str | KeyPassphrases,
         server_url: str | None = None,
         storage: RepoConfig | None = None,
+        signing_dir: Path | None = None,
     ) -> Repository:
-        """Create keys, root, targets (with the rollouts delegation), snapshot and timestamp.
+        """Create online keys in ``path``, offline keys in the signing directory, v1 metadata.
 
         Args:
             path: the directory to create (the state directory for S3 storage).
-            passphrase: encrypts the new key files.
+            passphrase: one passphrase for every new key (tests, the demo), or
+                a ``KeyPassphrases`` giving each key file its own.
             server_url: the URL devices will use.
             storage: a configuration whose ``storage``/``s3_*`` fields name S3
                 storage; None keeps the served tree in ``path/public``.
+            signing_dir: where root and targets keys go (default
+                ``REPO-signing``); never inside ``path``.
 
         Raises:
-            InputError: ``path`` exists and is not empty, or the passphrase is too weak.
+            InputError: a directory exists and is not empty, the signing
+                directory is inside ``path``, or a passphrase is too weak.
             ConflictError: the S3 location already holds a repository.
         """
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise InputError(f"{path} already exists and is not empty")
-        if not path.parent.is_dir():
-            raise NotFoundError(f"parent directory {path.parent} does not exist")
+        signing = signing_dir or default_signing_dir(path)
+        for directory in (path, signing):
+            if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+                raise InputError(f"{directory} already exists and is not empty")
+            parent = directory.absolute().parent
+            if not parent.is_dir():
+                raise NotFoundError(f"parent directory {parent} does not exist")
+        if is_inside(signing, path) or is_inside(path, signing):
+            raise InputError(
+                f"the signing directory {signing} must be outside the repository {path}: "
+                "the server treats everything under REPO as its own"
+            )
         config = RepoConfig(server_url=server_url) if server_url else RepoConfig()
         if storage is not None and storage.storage:
             config = RepoConfig(
                 **{
                     **asdict(config),
-                    "storage": S3Location.parse(storage.storage).url,
+                    "storage": _s3_location(storage.storage).url,
                     "s3_endpoint_url": storage.s3_endpoint_url,
                     "s3_region": storage.s3_region,
                     "s3_sse": storage.s3_sse,
@@ -208,36 +280,151 @@ class Repository:
                 }
             )
             make_storage(path, config)  # validate the options before making keys
-        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.init-"))
+        # Every passphrase before the first write: a missing one changes nothing.
+        homes = dict.fromkeys(OFFLINE_INIT_KEYS, signing)
+        homes.update(dict.fromkeys(ONLINE_INIT_KEYS, path / "keys"))
+        secrets = {
+            name: passphrase
+            if isinstance(passphrase, str)
+            else passphrase.for_key(home / f"{name}.key")
+            for name, home in homes.items()
+        }
+        made: list[Path] = []
         try:
-            repo = cls(staging, config)
+            staging = Path(
+                tempfile.mkdtemp(dir=path.absolute().parent, prefix=f".{path.name}.init-")
+            )
+            made.append(staging)
+            staged_signing = Path(
+                tempfile.mkdtemp(dir=signing.absolute().parent, prefix=f".{signing.name}.init-")
+            )
+            made.append(staged_signing)
+            repo = cls(staging, config, signing_dir=staged_signing)
             keys = {
-                name: generate_key(repo.keys_dir / name, passphrase)
-                for name in ("root", "targets", "online", "rollouts", "release")
+                name: generate_key(
+                    (staged_signing if home == signing else repo.keys_dir) / name, secrets[name]
+                )
+                for name, home in homes.items()
             }
             now = utcnow()
 
-            def ask() -> str:
-                return passphrase
+            def ask_for(name: str) -> Passphrase:
+                return lambda: secrets[name]
 
             root = new_root(
                 [keys["root"].key], 1, [keys["targets"].key], keys["online"].key, now, repo.expiry
             )
-            sign_all(root, [load_signer(keys["root"], ask)])
+            sign_all(root, [load_signer(keys["root"], ask_for("root"))])
             targets = new_targets(keys["rollouts"].key, now, repo.expiry)
-            sign_all(targets, [load_signer(keys["targets"], ask)])
+            sign_all(targets, [load_signer(keys["targets"], ask_for("targets"))])
             (staging / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
-            repo.publisher(ask).publish_initial(root, targets)
-            if path.exists():
-                path.rmdir()
-            os.replace(staging, path)
+            (staged_signing / TRUSTED_ROOT).write_bytes(root.to_bytes())
+
+            publisher = Publisher(
+                repo.storage,
+                lambda: OnlineSigners(
+                    snapshot_timestamp=load_signer(keys["online"], ask_for("online")),
+                    rollouts=load_signer(keys["rollouts"], ask_for("rollouts")),
+                ),
+                repo.expiry,
+            )
+            publisher.publish_initial(root, targets)
+            os.chmod(staged_signing, 0o700)
+            for final, staged in ((path, staging), (signing, staged_signing)):
+                if final.exists():
+                    final.rmdir()
+                os.replace(staged, final)
+                made[made.index(staged)] = final
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            for directory in made:
+                shutil.rmtree(directory, ignore_errors=True)
             raise
-        return cls.open(path)
+        return cls.open(path, signing)
 
     def key(self, name: str) -> KeyFile:
-        return load_public_key(self.keys_dir / f"{name}.pub")
+        """The public key file ``name.pub``: in ``REPO/keys``, else in the signing directory.
+
+        Raises:
+            NotFoundError: in neither place.
+        """
+        for directory in (self.keys_dir, self.signing_dir):
+            if (directory / f"{name}.pub").is_file():
+                return load_public_key(directory / f"{name}.pub")
+        raise NotFoundError(
+            f"key {name} is in neither {self.keys_dir} nor the signing directory "
+            f"{self.signing_dir} (give --signing-dir?)"
+        )
+
+    def signing_keys(self) -> list[KeyFile]:
+        """Every public key file of the signing directory (an empty list when it is absent)."""
+        if not self.signing_dir.is_dir():
+            return []
+        found = []
+        for pub in sorted(self.signing_dir.glob("*.pub")):
+            try:
+                found.append(load_public_key(pub))
+            except TufotaError:
+                continue  # not a key file of ours; the caller reports what is missing
+        return found
+
+    def product_key_files(self, targets: Any, hardware_id: str) -> list[KeyFile]:
+        """The signing directory's keys of ``hardware_id``'s delegation, up to its threshold.
+
+        Raises:
+            NotFoundError: fewer than the threshold of its keys are in the signing directory.
+        """
+        from signing import find_product
+
+        delegation = find_product(targets, hardware_id)
+        found = [k for k in self.signing_keys() if k.keyid in delegation.keyids]
+        if len(found) < delegation.threshold:
+            raise NotFoundError(
+                f"product line {hardware_id} needs {delegation.threshold} of its release keys; "
+                f"{len(found)} are in the signing directory {self.signing_dir}"
+            )
+        return found[: delegation.threshold]
+
+    def new_product_key(self, hardware_id: str, passphrase: Passphrase) -> KeyFile:
+        """A new product line's release key: its own ``release-<hw>`` in the signing directory.
+
+        A key file of that name left by an earlier attempt that published
+        nothing is reused. Repositories made before key custody keep their
+        shared ``release_key``.
+
+        Raises:
+            NotFoundError: the signing directory does not exist.
+        """
+        if self.config.release_key:
+            return self.key(self.config.release_key)
+        if not self.signing_dir.is_dir():
+            raise NotFoundError(
+                f"signing directory {self.signing_dir} does not exist (give --signing-dir)"
+            )
+        out = self.signing_dir / product_key_name(hardware_id)
+        if out.with_suffix(".pub").is_file():
+            return load_public_key(out.with_suffix(".pub"))
+        key_path = out.with_suffix(".key")
+        secret = (
+            passphrase.for_key(key_path) if isinstance(passphrase, KeyPassphrases) else passphrase()
+        )
+        return generate_key(out, secret)
+
+    def offline_keys_here(self, ignore: tuple[Path, ...] = ()) -> list[KeyFinding]:
+        """Private key files in this state/repository directory other than its online keys."""
+        online = []
+        for name in (self.config.online_key, self.config.rollouts_key):
+            online.append(self.keys_dir / f"{name}.key")
+        try:
+            state: RepoState | None = self.state()
+        except TufotaError:
+            state = None
+        return offline_key_findings(
+            [self.path],
+            online,
+            state.root if state else None,
+            state.targets if state else None,
+            ignore,
+        )
 
     def online_signers(self, passphrase: Passphrase) -> OnlineSigners:
         return OnlineSigners(

@@ -1,9 +1,10 @@
 """``tufota release add``: sign and publish a release on the embedded default in one step.
 
-This is the shortcut for ``release sign`` + ``release upload`` when the
-release key lives in ``REPO/keys``. A hardware id seen for the first time gets
-its product-line delegation, keyed to the repository's own release key and
-signed by the targets key. The result goes through the same verifying
+This is the shortcut for ``release sign`` + ``release upload`` on the
+one-machine layout: keys come from the signing directory beside ``REPO``
+(never from the server's state). A hardware id seen for the first time gets
+its product-line delegation, keyed to a newly generated key of its own
+(``release-<hw>``) and signed by the targets key. The result goes through the same verifying
 ``Publisher.publish`` as any upload.
 """
 
@@ -48,7 +49,7 @@ class ReleaseResult:
 def add_release_locally(
     repo: Repository, firmware: Path, info: FirmwareInfo, passphrase: Passphrase
 ) -> ReleaseResult:
-    """Sign ``firmware`` with the repository's release key and publish it.
+    """Sign ``firmware`` with the product line's keys from the signing directory; publish it.
 
     Raises:
         NotFoundError: the firmware file is missing.
@@ -67,7 +68,7 @@ def add_release_locally(
         new_targets = add_product_line(
             state.targets,
             info.hardware_id,
-            [repo.key(repo.config.release_key).key],
+            [repo.new_product_key(info.hardware_id, passphrase).key],
             1,
             now,
             repo.expiry,
@@ -86,7 +87,8 @@ def add_release_locally(
         released=format_time(now),
     )
     product, target = add_release(product, firmware, signed_info, now, repo.expiry)
-    sign_all(product, [load_signer(repo.key(repo.config.release_key), passphrase)])
+    product_keys = repo.product_key_files(new_targets or state.targets, info.hardware_id)
+    sign_all(product, [load_signer(k, passphrase) for k in product_keys])
     repo.publisher(passphrase).publish({role: product}, [Blob(target, path=firmware)], new_targets)
     logger.info("published %s (%d bytes)", target.path, target.length)
     return ReleaseResult(target.path, target.length, target.hashes["sha256"], is_new)

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -75,15 +76,22 @@ def _config(app: FastAPI, tls_cert: str | None, tls_key: str | None) -> uvicorn.
 
 
 def run_forever(
-    app: FastAPI, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None
+    app: FastAPI,
+    host: str,
+    port: int,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until interrupted.
+    """Serve until interrupted; ``on_listening`` runs once the socket listens.
 
     Raises:
         InputError: the address cannot be bound or the TLS files do not load.
     """
     check_tls(tls_cert, tls_key)
     sock = bind_socket(host, port)
+    if on_listening is not None:
+        on_listening()
     server = uvicorn.Server(_config(app, tls_cert, tls_key))
     server.run(sockets=[sock])
 

@@ -1,6 +1,9 @@
 """The offline side of tufota: keys, root and targets metadata, release signing.
 
 Everything here runs on a release engineer's (possibly air-gapped) machine.
+Keys live in three homes (``_custody``): offline keys in a signing
+directory outside the server's tree, each with its own passphrase
+(``KeyPassphrases``); online keys with the server; tokens with operators.
 Private keys are addressed by securesystemslib signer URI (``encfile:`` for
 passphrase-encrypted key files, added here; ``awskms:``, ``hsm:`` and any other
 registered scheme); every signature made is checked with ``Key.verify_signature``
@@ -30,14 +33,27 @@ from signing._ceremony import (
     sign_proposal,
     verify_root_update,
 )
+from signing._custody import (
+    SIGNING_SUFFIX,
+    TRUSTED_ROOT,
+    KeyFinding,
+    default_signing_dir,
+    is_inside,
+    offline_key_findings,
+    private_key_files,
+    product_key_name,
+)
 from signing._keys import (
     KEY_TYPES,
+    PASSPHRASE_ENV,
     EncryptedFileSigner,
     KeyFile,
+    KeyPassphrases,
     generate_key,
     import_kms_key,
     load_public_key,
     load_signer,
+    passphrase_env_name,
     passphrase_from_env,
     resolve_key_file,
     sign_checked,
@@ -62,13 +78,18 @@ from signing._verify import BundleCheck, verify_bundle, verify_delegate
 __all__ = [
     "BUNDLE_FORMAT",
     "KEY_TYPES",
+    "PASSPHRASE_ENV",
     "PROPOSAL_FORMAT",
+    "SIGNING_SUFFIX",
+    "TRUSTED_ROOT",
     "BundleCheck",
     "BundleLimits",
     "CurrentMetadata",
     "EncryptedFileSigner",
     "Expiry",
     "KeyFile",
+    "KeyFinding",
+    "KeyPassphrases",
     "KeyState",
     "ProposalStatus",
     "ReleaseBundle",
@@ -77,12 +98,14 @@ __all__ = [
     "add_product_line",
     "add_release",
     "change_product_keys",
+    "default_signing_dir",
     "empty_delegated",
     "fetch_current",
     "find_product",
     "finished_root",
     "generate_key",
     "import_kms_key",
+    "is_inside",
     "latest_version",
     "load_public_key",
     "load_root",
@@ -90,7 +113,11 @@ __all__ = [
     "merge_proposals",
     "new_root",
     "new_targets",
+    "offline_key_findings",
+    "passphrase_env_name",
     "passphrase_from_env",
+    "private_key_files",
+    "product_key_name",
     "product_lines",
     "proposal_status",
     "propose_root",

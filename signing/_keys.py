@@ -9,12 +9,21 @@ logged and never written unencrypted.
 The ``encfile`` scheme is registered with securesystemslib, so any code that
 signs through ``Signer.from_priv_key_uri`` can use these keys beside
 ``awskms:`` or ``hsm:`` keys.
+
+Each encrypted key file has its own passphrase (``KeyPassphrases``): from
+``TUFOTA_PASSPHRASE_<STEM>`` (the file's stem upper-cased, any other character
+as ``_``), then ``TUFOTA_PASSPHRASE``, then a prompt naming the file. So the
+server's environment can hold the online keys' passphrases without holding
+any offline key's.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +54,75 @@ from tufota_core import InputError, NotFoundError, TransportError, VerificationE
 
 KEY_TYPES = ("ed25519", "ecdsa")
 MIN_PASSPHRASE = 8
+PASSPHRASE_ENV = "TUFOTA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+
+def passphrase_env_name(key_path: Path) -> str:
+    """The per-key variable: ``release-gw-100.key`` -> ``TUFOTA_PASSPHRASE_RELEASE_GW_100``."""
+    stem = key_path.stem
+    return f"{PASSPHRASE_ENV}_{re.sub(r'[^A-Z0-9]', '_', stem.upper())}"
+
+
+class KeyPassphrases:
+    """Passphrases per encrypted key file, each asked for at most once.
+
+    ``for_key(path)`` answers from ``TUFOTA_PASSPHRASE_<STEM>``, then
+    ``TUFOTA_PASSPHRASE``, then a prompt on the terminal that names the file.
+    Calling the object itself (no key named) answers from ``TUFOTA_PASSPHRASE``
+    or a generic prompt, for callers that predate per-key passphrases.
+
+    Raises (both methods):
+        InputError: nothing in the environment and no terminal to ask on, or
+            (with ``confirm``) the two answers differ.
+    """
+
+    def __init__(
+        self,
+        confirm: bool = False,
+        env: dict[str, str] | None = None,
+        prompt: Callable[[str], str] | None = None,
+    ) -> None:
+        self._confirm = confirm
+        self._env = env
+        self._prompt = prompt
+        self._cache: dict[str, str] = {}
+
+    def _lookup(self, name: str) -> str | None:
+        env = os.environ if self._env is None else self._env
+        return env.get(name) or None
+
+    def _ask(self, question: str, missing: str) -> str:
+        if self._prompt is not None:
+            return self._prompt(question)
+        if not sys.stdin.isatty():
+            raise InputError(missing)
+        value = getpass.getpass(question)
+        if self._confirm and getpass.getpass("Repeat passphrase: ") != value:
+            raise InputError("the passphrases do not match")
+        return value
+
+    def for_key(self, key_path: Path) -> str:
+        """The passphrase of the encrypted key file ``key_path``."""
+        cache_key = str(key_path.resolve())
+        if cache_key not in self._cache:
+            own = passphrase_env_name(key_path)
+            value = self._lookup(own) or self._lookup(PASSPHRASE_ENV)
+            if value is None:
+                value = self._ask(
+                    f"Passphrase for {key_path}: ",
+                    f"no passphrase for {key_path}: set {own} or {PASSPHRASE_ENV}, "
+                    "or run on a terminal",
+                )
+            self._cache[cache_key] = value
+        return self._cache[cache_key]
+
+    def __call__(self) -> str:
+        if "" not in self._cache:
+            value = self._lookup(PASSPHRASE_ENV) or self._ask(
+                "Key passphrase: ", f"no passphrase: set {PASSPHRASE_ENV} or run on a terminal"
+            )
+            self._cache[""] = value
+        return self._cache[""]
 
 
 class EncryptedFileSigner(Signer):
@@ -250,6 +328,9 @@ def load_public_key(path: Path) -> KeyFile:
 def load_signer(key_file: KeyFile, passphrase: Callable[[], str]) -> Signer:
     """A signer for ``key_file``'s private key, asking ``passphrase()`` only if needed.
 
+    A ``KeyPassphrases`` is asked for this key file's own passphrase; any
+    other callable gives one passphrase for every key.
+
     Raises:
         InputError: the key file has no signer URI.
         VerificationError: wrong passphrase.
@@ -262,8 +343,16 @@ def load_signer(key_file: KeyFile, passphrase: Callable[[], str]) -> Signer:
         EncryptedFileSigner.SCHEME + ":/"
     ):
         uri = f"{EncryptedFileSigner.SCHEME}:{key_file.path.parent / uri.split(':', 1)[1]}"
+
+    def secret(_name: str) -> str:
+        if isinstance(passphrase, KeyPassphrases) and uri.startswith(
+            EncryptedFileSigner.SCHEME + ":"
+        ):
+            return passphrase.for_key(Path(uri.split(":", 1)[1]))
+        return passphrase()
+
     try:
-        return Signer.from_priv_key_uri(uri, key_file.key, lambda _secret: passphrase())
+        return Signer.from_priv_key_uri(uri, key_file.key, secret)
     except (ValueError, OSError) as e:
         raise InputError(f"cannot load the private key of {key_file.path}: {e}") from e
 

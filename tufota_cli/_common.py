@@ -2,48 +2,38 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from repo_server import Repository
-from tufota_core import InputError
+from signing import PASSPHRASE_ENV, KeyPassphrases
 
-PASSPHRASE_ENV = "TUFOTA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+if TYPE_CHECKING:
+    from repo_server import Repository
+
+__all__ = ["PASSPHRASE_ENV", "open_repo", "passphrase_source", "print_json", "table"]
 
 
-def passphrase_source(confirm: bool = False) -> Callable[[], str]:
-    """A callable that returns the key passphrase, asking at most once.
+def passphrase_source(confirm: bool = False) -> KeyPassphrases:
+    """Each key file's passphrase, asked for at most once per file.
 
-    The passphrase comes from ``TUFOTA_PASSPHRASE`` or, on a terminal, a prompt.
+    ``source.for_key(path)`` reads ``TUFOTA_PASSPHRASE_<STEM>``, then
+    ``TUFOTA_PASSPHRASE``, then prompts naming the file; ``load_signer`` asks
+    that way for every encrypted key. Calling ``source()`` gives the generic
+    ``TUFOTA_PASSPHRASE``.
 
-    Raises:
+    Raises (when called):
         InputError: no environment variable and no terminal to ask on.
     """
-    cache: list[str] = []
-
-    def get() -> str:
-        if cache:
-            return cache[0]
-        value = os.environ.get(PASSPHRASE_ENV)
-        if not value:
-            if not sys.stdin.isatty():
-                raise InputError(f"no passphrase: set {PASSPHRASE_ENV} or run on a terminal")
-            value = getpass.getpass("Key passphrase: ")
-            if confirm and getpass.getpass("Repeat passphrase: ") != value:
-                raise InputError("the passphrases do not match")
-        cache.append(value)
-        return value
-
-    return get
+    return KeyPassphrases(confirm=confirm)
 
 
-def open_repo(path: str) -> Repository:
-    return Repository.open(Path(path))
+def open_repo(path: str, signing_dir: str | None = None) -> Repository:
+    """The repository directory ``path`` and its signing directory (default ``PATH-signing``)."""
+    from repo_server import Repository
+
+    return Repository.open(Path(path), Path(signing_dir) if signing_dir else None)
 
 
 def print_json(data: Any) -> None:

@@ -77,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     _release_args(p)
     p.add_argument("--repo", required=True, help="repository directory")
+    p.add_argument(
+        "--signing-dir",
+        default=None,
+        help="the signing directory with the product line's keys (default: REPO-signing)",
+    )
     p.set_defaults(func=cmd_add)
 
     p = rsub.add_parser("sign", help="sign a release offline into a bundle")
@@ -92,9 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_cosign)
 
-    p = rsub.add_parser("verify", help="check a bundle offline against a trusted root")
+    p = rsub.add_parser(
+        "verify",
+        help="check an upload bundle offline against a trusted root (--root, or --repo's root)",
+    )
     p.add_argument("bundle", metavar="BUNDLE")
-    add_source_args(p, publish=False)
+    add_source_args(p, publish=False, asks=False)
     p.set_defaults(func=cmd_verify)
 
     p = rsub.add_parser("upload", help="send a bundle to the repository server")
@@ -112,7 +120,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise NotFoundError(f"firmware file {firmware} does not exist")
     if firmware.stat().st_size == 0:
         raise InputError(f"firmware file {firmware} is empty")
-    repo = open_repo(args.repo)
+    repo = open_repo(args.repo, args.signing_dir)
     info = FirmwareInfo(
         hardware_id=args.hardware,
         version=args.version,
@@ -124,8 +132,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     result = add_release_locally(repo, firmware, info, passphrase_source())
     if result.new_product_line:
         print(
-            f"new product line {args.hardware}: delegated firmware/{args.hardware}/* "
-            f"to the repository's release key"
+            f"new product line {args.hardware}: delegated firmware/{args.hardware}/*/* to its "
+            f"own key in {repo.signing_dir}"
         )
     print(f"published {result.target_path}")
     print(f"  {result.length} bytes, sha256 {result.sha256}")
@@ -245,10 +253,22 @@ def cmd_cosign(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    trusted = load_root(Path(args.root))
+    if args.repo and args.metadata:
+        raise InputError("give --repo REPO or --metadata SRC --root R, not both")
     extra = None
-    if args.repo or args.metadata:
-        extra = current_metadata(args, None).targets
+    if args.root:
+        trusted = load_root(Path(args.root))
+        if args.repo or args.metadata:
+            extra = current_metadata(args, None).targets
+    elif args.repo:
+        # The repository's own newest root, which its chain already verified on publish.
+        current = current_metadata(args, None)
+        trusted, extra = current.root, current.targets
+    else:
+        raise InputError(
+            "release verify needs the root you trust: --root ROOT.json (e.g. the signing "
+            "directory's root.json) or --repo REPO"
+        )
     with read_bundle(Path(args.bundle)) as bundle:
         check = verify_bundle(bundle, trusted, utcnow(), extra)
     for role, (have, need) in sorted(check.signatures.items()):

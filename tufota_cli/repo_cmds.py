@@ -1,25 +1,40 @@
-"""``tufota init`` and ``tufota serve``."""
+"""``tufota init`` and ``tufota serve``.
+
+``init`` lays out the three homes of keys (docs/decisions/0008): the server's
+part under REPO (online keys only) and the signing directory outside it.
+``serve`` treats everything under REPO (or the S3 state directory) as its own
+and refuses to start beside an offline private key.
+
+The server side (fastapi, uvicorn, boto3) is imported inside ``cmd_serve`` and
+``build_context`` only, so ``init`` and every offline command work on the
+base install.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from repo_server import (
-    SSE_CHOICES,
-    RepoConfig,
-    Repository,
-    ServerContext,
-    ServerLimits,
-    TokenStore,
-    check_tls,
-    create_app,
-    run_forever,
+from repo_server import RepoConfig, Repository, ServerLimits
+from signing import (
+    PASSPHRASE_ENV,
+    TRUSTED_ROOT,
+    KeyPassphrases,
+    default_signing_dir,
+    passphrase_env_name,
 )
-from staging import RolloutController, SqliteTrackerStore
 from tufota_cli._common import passphrase_source
+from tufota_core import InputError
+
+if TYPE_CHECKING:
+    from repo_server import ServerContext
+
+SSE_CHOICES = ("AES256", "aws:kms", "none")  # as repo_server._s3, without importing boto3
+LAB_OVERRIDE = "--lab-allow-offline-keys"
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +65,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "init",
         help="create a repository: keys, root, targets, snapshot, timestamp",
-        description="Create a repository. With --storage s3://BUCKET/PREFIX the served tree "
-        "goes to S3 and REPO becomes the state directory (keys, tokens, tracker).",
+        description="Create a repository: the server's part in REPO (online keys only) and a "
+        "signing directory outside it (root and targets keys, each with its own passphrase "
+        "from TUFOTA_PASSPHRASE_<NAME>, else TUFOTA_PASSPHRASE, else a prompt). With --storage "
+        "s3://BUCKET/PREFIX the served tree goes to S3 and REPO becomes the state directory.",
     )
     p.add_argument("repo", metavar="REPO", help="directory to create (must not exist or be empty)")
+    p.add_argument(
+        "--signing-dir",
+        default=None,
+        help="where root and targets keys go, outside REPO (default: REPO-signing beside REPO)",
+    )
     p.add_argument(
         "--server-url",
         default=None,
@@ -94,6 +116,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--tls-cert", default=None, help="PEM certificate chain (enables HTTPS)")
     p.add_argument("--tls-key", default=None, help="PEM private key of the certificate")
+    p.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name clients use besides the repository's server URL host "
+        "(repeatable); other names get 421",
+    )
+    p.add_argument(
+        "--local-viewer",
+        action="store_true",
+        help="let loopback clients read without a token (never through a proxy); off by default",
+    )
+    p.add_argument(
+        LAB_OVERRIDE,
+        action="store_true",
+        help="LAB ONLY: start even though REPO holds offline private keys (warns at every start)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -107,16 +147,40 @@ def cmd_init(args: argparse.Namespace) -> int:
             s3_sse=args.s3_sse,
             s3_kms_key_id=args.s3_kms_key_id,
         )
-    passphrase = passphrase_source(confirm=True)()
-    repo = Repository.create(Path(args.repo), passphrase, args.server_url, storage)
+    path = Path(args.repo)
+    signing_dir = Path(args.signing_dir) if args.signing_dir else default_signing_dir(path)
+    passphrases = passphrase_source(confirm=True)
+    shared = _shared_passphrases(passphrases, path, signing_dir)
+    repo = Repository.create(path, passphrases, args.server_url, storage, signing_dir)
     state = repo.state()
     print(f"created repository {repo.path}")
     if args.storage:
         print(f"  publishing to {repo.config.storage}; {repo.path} holds keys, tokens, tracker")
-    print(f"  root v{state.root.signed.version}, keys in {repo.keys_dir} (encrypted)")
+    print(f"  root v{state.root.signed.version}; server keys (online, rollouts) in {repo.keys_dir}")
+    print(f"signing directory {repo.signing_dir} (root and targets keys, {TRUSTED_ROOT}):")
+    print("  it is not the server's: move it to the signing workstation or offline media")
     print(f"  devices will use {repo.config.server_url}")
+    if shared:
+        online_env = " and ".join(
+            passphrase_env_name(Path(f"{n}.key")) for n in ("online", "rollouts")
+        )
+        print(
+            f"warning: {shared} share a passphrase with the server's online keys: whoever reads "
+            f"the server's environment can decrypt them; give the server {online_env} "
+            f"instead of {PASSPHRASE_ENV}",
+            file=sys.stderr,
+        )
     print(f"next: tufota release add FIRMWARE --repo {args.repo} --hardware HW --version X.Y.Z")
     return 0
+
+
+def _shared_passphrases(passphrases: KeyPassphrases, path: Path, signing_dir: Path) -> str:
+    """Offline keys whose passphrase an online key also uses ("" when none)."""
+    online = {passphrases.for_key(path / "keys" / f"{n}.key") for n in ("online", "rollouts")}
+    offline = [
+        n for n in ("root", "targets") if passphrases.for_key(signing_dir / f"{n}.key") in online
+    ]
+    return " and ".join(f"{n}.key" for n in offline)
 
 
 def build_context(
@@ -126,6 +190,9 @@ def build_context(
     limits: ServerLimits | None = None,
 ) -> ServerContext:
     """The server's publisher, tracker and controller for ``repo``."""
+    from repo_server import ServerContext, TokenStore
+    from staging import RolloutController, SqliteTrackerStore
+
     limits = limits or ServerLimits()
     publisher = repo.publisher(passphrase)
     store = SqliteTrackerStore(repo.tracker_path)
@@ -142,15 +209,40 @@ def build_context(
     )
 
 
+def check_custody(repo: Repository, tls_key: str | None, lab_override: bool) -> None:
+    """Refuse (or, with the lab override, warn loudly) when REPO holds an offline private key.
+
+    Raises:
+        InputError: one line naming the first such file and where it belongs.
+    """
+    ignore = (Path(tls_key),) if tls_key else ()
+    findings = repo.offline_keys_here(ignore)
+    if not findings:
+        return
+    first = findings[0].message(repo.signing_dir)
+    more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+    if not lab_override:
+        raise InputError(f"refusing to serve: {first}{more}")
+    for finding in findings:
+        print(
+            f"WARNING: {LAB_OVERRIDE}: {finding.message(repo.signing_dir)}; anyone who takes "
+            "this server can sign firmware",
+            file=sys.stderr,
+            flush=True,
+        )
+        logger.warning("serving beside an offline private key: %s", finding.path)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
-        raise SystemExit(f"tufota: error: port {args.port} is outside 1-65535")
+        raise InputError(f"port {args.port} is outside 1-65535")
     if not args.tick_interval > 0 or not args.refresh_interval > 0 or args.max_upload_mb < 1:
-        raise SystemExit(
-            "tufota: error: --tick-interval, --refresh-interval and --max-upload-mb must be > 0"
-        )
+        raise InputError("--tick-interval, --refresh-interval and --max-upload-mb must be > 0")
+    from repo_server import check_tls, create_app, run_forever, server_names  # server extra
+
     check_tls(args.tls_cert, args.tls_key)
     repo = open_repository(args)
+    check_custody(repo, args.tls_key, args.lab_allow_offline_keys)
     passphrase = passphrase_source()
     # Load the online keys now: a wrong passphrase fails at start, not at the first publish.
     repo.online_signers(passphrase)
@@ -159,6 +251,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refresh_interval_seconds=args.refresh_interval,
     )
     ctx = build_context(repo, passphrase, args.tick_interval, limits)
+    ctx.local_viewer = args.local_viewer
+    ctx.server_names = server_names(repo.config.server_url, args.server_name, args.host)
+    ctx.loopback_names = args.host in _LOOPBACK
     ctx.refresh_online()
     scheme = "https" if args.tls_cert else "http"
     if scheme == "http" and args.host not in _LOOPBACK:
@@ -167,6 +262,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "or a TLS-terminating proxy",
             args.host,
         )
-    print(f"serving {repo.storage_url} on {scheme}://{args.host}:{args.port}", flush=True)
-    run_forever(create_app(ctx), args.host, args.port, args.tls_cert, args.tls_key)
+
+    def listening() -> None:
+        # Only once the socket listens: a busy port prints the error alone.
+        print(f"serving {repo.storage_url} on {scheme}://{args.host}:{args.port}", flush=True)
+        print(f"dashboard: {scheme}://{args.host}:{args.port}/dashboard", flush=True)
+
+    run_forever(
+        create_app(ctx), args.host, args.port, args.tls_cert, args.tls_key, on_listening=listening
+    )
     return 0

@@ -34,13 +34,17 @@ from signing import (
     RootProposal,
     add_product_line,
     change_product_keys,
+    empty_delegated,
     fetch_current,
+    find_product,
     finished_root,
     generate_key,
     import_kms_key,
     load_root,
     load_signer,
     merge_proposals,
+    product_key_name,
+    product_lines,
     proposal_status,
     propose_root,
     propose_rotation,
@@ -66,9 +70,18 @@ from tufota_core import (
 # -- shared helpers (release_cmds uses them too) --------------------------------------
 
 
-def add_source_args(p: argparse.ArgumentParser, publish: bool = True) -> None:
-    """``--repo`` / ``--metadata`` + ``--root`` / ``--out`` (see the module docstring)."""
+def add_source_args(p: argparse.ArgumentParser, publish: bool = True, asks: bool = True) -> None:
+    """``--repo`` / ``--metadata`` + ``--root`` / ``--out`` (see the module docstring).
+
+    ``publish``: the command can write (``--out``); ``asks``: it asks before
+    signing (``--yes``).
+    """
     p.add_argument("--repo", default=None, help="embedded repository directory")
+    p.add_argument(
+        "--signing-dir",
+        default=None,
+        help="with --repo: the signing directory (default: REPO-signing beside REPO)",
+    )
     p.add_argument(
         "--metadata",
         default=None,
@@ -79,7 +92,8 @@ def add_source_args(p: argparse.ArgumentParser, publish: bool = True) -> None:
         p.add_argument(
             "--out", default=None, help="write a bundle here (default with --repo: publish)"
         )
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    if asks:
+        p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
 def current_metadata(args: argparse.Namespace, hardware_id: str | None) -> CurrentMetadata:
@@ -91,7 +105,7 @@ def current_metadata(args: argparse.Namespace, hardware_id: str | None) -> Curre
     if bool(args.repo) == bool(args.metadata):
         raise InputError("give the current metadata with --repo REPO or --metadata SRC --root R")
     if args.repo:
-        state = open_repo(args.repo).state()
+        state = open_repo(args.repo, args.signing_dir).state()
         role = state.roles.get(product_role(hardware_id)) if hardware_id else None
         return CurrentMetadata(state.root, state.targets, role)
     if not args.root:
@@ -386,8 +400,8 @@ def _check_online_key(repo: Repository, root: Metadata[Root]) -> None:
 def _targets_signers(args: argparse.Namespace, passphrase: Callable[[], str]) -> list[Signer]:
     paths = list(args.targets_key or [])
     if not paths and args.repo:
-        repo = open_repo(args.repo)
-        paths = [str(repo.keys_dir / f"{k}.pub") for k in repo.config.targets_keys]
+        repo = open_repo(args.repo, args.signing_dir)
+        paths = [str(repo.key(k).path) for k in repo.config.targets_keys]
     if not paths:
         raise InputError("give the targets key(s) that sign the delegation with --targets-key")
     return load_signers(paths, passphrase)
@@ -404,7 +418,7 @@ def _finish(
         write_bundle(out, roles=roles, targets=targets, context_targets=context)
         print(f"wrote {out}; upload it with: tufota release upload {out} --server URL")
         return
-    repo = open_repo(args.repo)
+    repo = open_repo(args.repo, args.signing_dir)
     repo.publisher(passphrase_source()).publish(roles, [], targets)
     print(f"published to {repo.path}")
 
@@ -424,25 +438,90 @@ def _sign_targets(
         raise VerificationError(f"targets needs {need} signatures; {have} given")
 
 
+def _new_line_key(args: argparse.Namespace, hw: str, targets: Metadata[Targets]) -> Path:
+    """Where ``product add`` without ``--key`` writes the line's own key (``release-<hw>``).
+
+    Raises:
+        InputError: the file exists and is already a key of some delegation.
+    """
+    if args.key_dir:
+        directory = Path(args.key_dir)
+    elif args.repo:
+        directory = open_repo(args.repo, args.signing_dir).signing_dir
+    else:
+        directory = Path.cwd()
+    if not directory.is_dir():
+        raise NotFoundError(f"key directory {directory} does not exist (give --key-dir)")
+    out = directory / product_key_name(hw)
+    pub = out.with_suffix(".pub")
+    if pub.exists():
+        existing = resolve_key_file(pub)
+        if _lines_of_key(targets, existing.keyid):
+            raise InputError(
+                f"{pub} already exists and signs for another product line; pass --key on "
+                "purpose to share it, or --key-dir for a fresh one"
+            )
+    return out
+
+
+def _lines_of_key(targets: Metadata[Targets], keyid: str) -> list[str]:
+    """Product lines whose delegation lists ``keyid``."""
+    return [hw for hw in product_lines(targets) if keyid in find_product(targets, hw).keyids]
+
+
 def cmd_product_add(args: argparse.Namespace) -> int:
     hw = check_hardware_id(args.hardware)
-    keys = load_keys(args.key)
     out = check_output(args)
     current = current_metadata(args, None)
+    if not args.key and args.threshold != 1:
+        raise InputError(f"--threshold {args.threshold} needs that many keys: give each with --key")
+    keys = load_keys(args.key) if args.key else []
+    new_key = None if keys else _new_line_key(args, hw, current.targets)
+    shared = {
+        k.path.name: lines for k in keys if (lines := _lines_of_key(current.targets, k.keyid))
+    }
     now = utcnow()
     expiry = expiry_with(args.expires, "targets")
+    # Every key and signer before the first write: a refused command writes nothing.
+    passphrase = passphrase_source()
+    targets_signers = _targets_signers(args, passphrase)
+    product_signers = [load_signer(k, passphrase) for k in keys]
+    described = ", ".join(short(k.keyid) for k in keys) if keys else "a NEW key"
+    lines = [
+        f"targets v{current.targets.signed.version + 1}: delegate firmware/{hw}/*/* "
+        f"(terminating) to {args.threshold} of {len(keys) or 1} key(s): {described}",
+        f"{product_role(hw)} v1: empty, signed by the product line's key(s), so the line's "
+        "first release can be signed from the published metadata",
+    ]
+    for name, others in shared.items():
+        lines.append(
+            f"note: {name} is shared with product line(s) {', '.join(others)}, as given by --key"
+        )
+    confirm(lines, args.yes)
+    if new_key is not None:
+        if new_key.with_suffix(".pub").exists():
+            made = resolve_key_file(new_key.with_suffix(".pub"))
+        else:
+            made = generate_key(new_key, passphrase.for_key(new_key.with_suffix(".key")))
+        print(
+            f"new key for product line {hw}: {new_key.with_suffix('.key')} (id {short(made.keyid)})"
+        )
+        keys = [made]
+        product_signers = [load_signer(made, passphrase)]
     targets = Metadata[Targets].from_bytes(current.targets.to_bytes())
     targets = add_product_line(targets, hw, [k.key for k in keys], args.threshold, now, expiry)
-    confirm(
-        [
-            f"targets v{targets.signed.version}: delegate firmware/{hw}/*/* (terminating) to "
-            f"{args.threshold} of {len(keys)} key(s): {', '.join(short(k.keyid) for k in keys)}",
-            f"expires {format_time(targets.signed.expires)}",
-        ],
-        args.yes,
-    )
-    _sign_targets(current, targets, _targets_signers(args, passphrase_source()))
-    _finish(args, out, targets, {})
+    _sign_targets(current, targets, targets_signers)
+    name = product_role(hw)
+    role = empty_delegated(now, expiry_with(args.role_expires, "product").product)
+    delegated = targets.signed.delegations.keys  # type: ignore[union-attr]
+    for signer in product_signers:
+        sign_checked(role, signer, delegated[signer.public_key.keyid])
+    have, need = signature_count(targets, name, role)
+    if have < need:
+        raise VerificationError(
+            f"{name} needs {need} signatures to be published; the --key files gave {have}"
+        )
+    _finish(args, out, targets, {name: role})
     return 0
 
 
@@ -649,12 +728,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     product = sub.add_parser("product", help="product lines: delegations to release keys")
     psub = product.add_subparsers(dest="product_command", required=True, metavar="COMMAND")
-    p = psub.add_parser("add", help="delegate firmware/HW/* to a product line's keys")
+    p = psub.add_parser(
+        "add",
+        help="delegate firmware/HW/* to a product line's keys (default: a new key of its own)",
+    )
     p.add_argument("hardware", metavar="HW")
-    p.add_argument("--key", action="append", required=True, help="release key NAME.pub (repeat)")
+    p.add_argument(
+        "--key",
+        action="append",
+        help="release key NAME.key or NAME.pub (repeat); default: generate release-HW",
+    )
+    p.add_argument(
+        "--key-dir",
+        default=None,
+        help="where the new key goes (default: the signing directory with --repo, else .)",
+    )
     p.add_argument("--threshold", type=int, default=1)
     p.add_argument("--targets-key", action="append", help="targets key that signs (repeat)")
     p.add_argument("--expires", default=None, help="targets validity, e.g. 365d")
+    p.add_argument("--role-expires", default=None, help="the line's first role validity")
     add_source_args(p)
     p.set_defaults(func=cmd_product_add)
     for action, text in (
@@ -676,7 +768,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         add_source_args(p)
         p.set_defaults(func=cmd_product_change)
     p = psub.add_parser("list", help="delegations of the top-level targets")
-    add_source_args(p, publish=False)
+    add_source_args(p, publish=False, asks=False)
     p.set_defaults(func=cmd_product_list)
 
     expiry = sub.add_parser("expiry", help="metadata expiry")

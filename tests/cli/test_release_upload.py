@@ -25,7 +25,7 @@ def test_signed_bundle_is_uploaded_once_and_bad_tokens_are_refused(
     image.write_bytes(b"release 2.0.0\n" * 500)
     bundle = tmp_path / "rel.tar.gz"
     assert main(["release", "sign", str(image), "--hardware", "gw-100", "--version", "2.0.0",
-                 "--key", str(released_repo.keys_dir / "release.key"), "--repo",
+                 "--key", str(released_repo.signing_dir / "release-gw-100.key"), "--repo",
                  str(released_repo.path), "--out", str(bundle), "--yes"]) == 0  # fmt: skip
     capsys.readouterr()
     ctx = build_context(released_repo, ask)

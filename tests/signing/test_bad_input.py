@@ -93,7 +93,7 @@ def _version_not_newer(t: Path, mp: pytest.MonkeyPatch) -> list[str]:
     assert tufota(["release", "add", f"{t}/fw.img", "--repo", repo, "--hardware", "x-1",
                    "--version", "2.0.0"]) == 0  # fmt: skip
     return ["release", "sign", f"{t}/fw.img", "--hardware", "x-1", "--version", "2.0.0",
-            "--key", f"{repo}/keys/release.key", "--repo", repo, "--out", f"{t}/out.tar",
+            "--key", f"{repo}-signing/release-x-1.key", "--repo", repo, "--out", f"{t}/out.tar",
             "--yes"]  # fmt: skip
 
 

@@ -219,7 +219,7 @@ def rotated_root(w: World) -> str:
     copy = w.tmp / "copy.json"
     copy.write_bytes(path.read_bytes())
     # Old root key and R1 sign one copy, R3 another; the copies merge.
-    old_root = str(w.repo.keys_dir / "root.key")
+    old_root = str(w.repo.key("root").path.with_suffix(".key"))
     assert w.cli("root", "sign", str(path), "--key", old_root, "--key", f"{w.keys}/R1.key",
                  "--yes") == 0  # fmt: skip
     assert w.cli("root", "sign", str(copy), "--key", f"{w.keys}/R3.key", "--yes") == 0

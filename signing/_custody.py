@@ -1,0 +1,147 @@
+"""Key custody: where each kind of key lives, and finding keys where they do not belong.
+
+Three homes (docs/decisions/0008-key-custody-layout.md):
+
+* the signing directory (release engineers, offline): root, targets and
+  product-line keys, each encrypted with its own passphrase, plus the
+  ``root.json`` the engineers trust;
+* the server's state (``REPO`` or the S3 state directory): only the online
+  keys (snapshot/timestamp and rollouts), tokens, tracker, configuration;
+* an operator's laptop: API tokens only.
+
+Invariants: ``default_signing_dir`` is never inside the repository directory;
+``private_key_files`` reads at most ``_HEAD`` bytes of each file and never
+follows a symbolic link out of the tree it scans; ``offline_key_findings``
+names every private key file in a server's tree that is not one of the
+server's own online keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata, Root, Targets
+
+from signing._keys import KeyFile, load_public_key
+from tufota_core import TufotaError, check_hardware_id
+
+SIGNING_SUFFIX = "-signing"
+TRUSTED_ROOT = "root.json"
+_HEAD = 128
+_PEM_MARK = b"PRIVATE KEY-----"
+
+
+def default_signing_dir(repo_path: Path) -> Path:
+    """``REPO-signing`` beside ``REPO``: outside the tree the server treats as its own."""
+    repo_path = repo_path.absolute()
+    return repo_path.parent / f"{repo_path.name}{SIGNING_SUFFIX}"
+
+
+def product_key_name(hardware_id: str) -> str:
+    """File stem of a product line's own release key: ``release-<hw>``."""
+    return f"release-{check_hardware_id(hardware_id)}"
+
+
+def is_inside(path: Path, directory: Path) -> bool:
+    """True when ``path`` is ``directory`` or below it (after resolving both)."""
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents
+
+
+def private_key_files(directory: Path) -> Iterator[Path]:
+    """Every regular file under ``directory`` that starts like a PEM private key.
+
+    Symbolic links are not followed (a link to a key is reported as the link).
+    """
+    for dirpath, _dirnames, filenames in os.walk(directory):
+        for name in filenames:
+            path = Path(dirpath) / name
+            try:
+                if path.is_symlink():
+                    target = path.resolve()
+                    if not target.is_file():
+                        continue
+                    head = target.read_bytes()[:_HEAD] if target.stat().st_size < 1 << 20 else b""
+                else:
+                    with path.open("rb") as f:
+                        head = f.read(_HEAD)
+            except OSError:
+                continue
+            if head.startswith(b"-----BEGIN") and _PEM_MARK in head:
+                yield path
+
+
+@dataclass(frozen=True)
+class KeyFinding:
+    """A private key file found in a server's tree, and whose key it is."""
+
+    path: Path
+    role: str | None  # "root", "targets", "firmware-<hw>", or None when unknown
+
+    def message(self, signing_dir: Path) -> str:
+        what = (
+            f"the private key of offline role {self.role}"
+            if self.role
+            else "a private key that is not one of this server's online keys"
+        )
+        return (
+            f"{self.path} is {what}; it belongs in the signing directory ({signing_dir}) "
+            "or on an HSM/KMS, never in the server's state or repository directory"
+        )
+
+
+def _roles_by_keyid(root: Metadata[Root], targets: Metadata[Targets] | None) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in ("root", "targets"):
+        for keyid in root.signed.roles[name].keyids:
+            found.setdefault(keyid, name)
+    delegations = targets.signed.delegations if targets is not None else None
+    for name, role in (delegations.roles or {}).items() if delegations else []:
+        for keyid in role.keyids:
+            found.setdefault(keyid, name)
+    return found
+
+
+def _public_half(private: Path) -> KeyFile | None:
+    pub = private.with_suffix(".pub")
+    try:
+        return load_public_key(pub) if pub.is_file() else None
+    except TufotaError:
+        return None
+
+
+def offline_key_findings(
+    directories: Iterable[Path],
+    online_private: Iterable[Path],
+    root: Metadata[Root] | None,
+    targets: Metadata[Targets] | None,
+    ignore: Iterable[Path] = (),
+) -> list[KeyFinding]:
+    """Private key files under ``directories`` other than the server's own online keys.
+
+    Args:
+        directories: the trees the server treats as its own.
+        online_private: the online keys' private key files (allowed).
+        root, targets: the published metadata, to name the role a key plays
+            (None when the repository cannot be read).
+        ignore: further files that may be there (the TLS private key).
+    """
+    allowed = {p.resolve() for p in [*online_private, *ignore]}
+    roles: dict[str, Any] = _roles_by_keyid(root, targets) if root is not None else {}
+    findings: list[KeyFinding] = []
+    for directory in directories:
+        if not directory.is_dir():
+            continue
+        for path in sorted(private_key_files(directory)):
+            if path.resolve() in allowed:
+                continue
+            public = _public_half(path)
+            role = roles.get(public.keyid) if public is not None else None
+            findings.append(KeyFinding(path, role))
+    # Keys of known offline roles first: they are the most telling line.
+    findings.sort(key=lambda f: (f.role is None, str(f.path)))
+    return findings
