@@ -46,7 +46,7 @@ from tuf.api.metadata import TargetFile
 
 from device_agent._bundle import check_bundle_firmware, default_target, read_bundle
 from device_agent._config import AgentConfig
-from device_agent._decide import IDLE, check_firmware, decide
+from device_agent._decide import IDLE, DevicePolicy, check_firmware, decide
 from device_agent._download import ByteSource, Downloader, FileSource, HttpSource
 from device_agent._errors import (
     BOOT_ATTEMPTS_EXHAUSTED,
@@ -57,9 +57,10 @@ from device_agent._http import FileFetcher, HttpFetcher, ReportSender, make_sess
 from device_agent._identity import load_device_signer
 from device_agent._installer import Installer, make_installer, run_health_check
 from device_agent._pace import DataBudget
-from device_agent._state import AgentState, FlushResult, Outbox, StateStore
+from device_agent._state import AgentState, FlushResult, Outbox, StateStore, seen
 from device_agent._tufclient import TufClient
 from tufota_core import (
+    OFFERING_STATES,
     ConflictError,
     InstallError,
     Report,
@@ -121,6 +122,15 @@ class CycleResult:
 
 def _about(doc: RolloutDoc | None) -> tuple[str | None, str | None]:
     return (doc.rollout_id, doc.version) if doc else (None, None)
+
+
+def _failure(state: AgentState, code: str | None, message: str) -> dict[str, str]:
+    return {
+        "rollout_id": state.rollout_id or "",
+        "version": state.target_version or "",
+        "code": code or INSTALL_FAILED,
+        "message": message[:300],
+    }
 
 
 class Agent:
@@ -303,10 +313,22 @@ class Agent:
             **fields,
         )
 
-    def _heartbeat(self, doc: RolloutDoc | None, reason: str) -> None:
+    def _heartbeat(self, doc: RolloutDoc | None, reason: str, code: str | None = None) -> None:
+        """Queue an idle report, unless this cycle already told the server something.
+
+        About a rollout whose release rolled back or failed to install here, the
+        heartbeat repeats that failure's code and message (the rollout being
+        paused since is secondary), so the server keeps showing the real cause.
+        """
         logger.debug("idle: %s", reason)
-        if not self._queued:  # this cycle already told the server something
-            self._transition("idle", report="idle", message=reason, about=_about(doc))
+        failure = self._state.last_failure
+        if code is None and doc is not None and failure and failure["rollout_id"] == doc.rollout_id:
+            code = failure["code"]
+            reason = f"{failure['version']} failed here: {failure['message']} ({reason})"
+        if not self._queued:
+            self._transition(
+                "idle", report="idle", message=reason, error_code=code, about=_about(doc)
+            )
 
     # -- step 1: finish a pending boot ------------------------------------------------
 
@@ -367,6 +389,7 @@ class Agent:
             state = state.abandon(
                 state.rollout_id, state.target_version, self.config.limits.max_remembered_rollouts
             )
+            state = replace(state, last_failure=_failure(state, code, message))
         self._state = state
         self._transition(
             "rolled_back",
@@ -398,32 +421,48 @@ class Agent:
             self._state = replace(
                 self._state, reported={k: v for k, v in self._state.reported.items() if k}
             )
+        installed = self.installer.installed_version()
+        self._note_seen(installed)
         if doc is None:
             client.clean_downloads()
             self._heartbeat(None, "no rollout for this hardware")
             return self._result(ACTION_IDLE, message="no rollout for this hardware")
+        config = self.config
         try:
             decision = decide(
                 doc,
-                device_id=self.config.device_id,
-                hardware_id=self.config.hardware_id,
-                tags=self.config.tags,
-                installed_version=self.installer.installed_version(),
+                device_id=config.device_id,
+                hardware_id=config.hardware_id,
+                tags=config.tags,
+                installed_version=installed,
                 abandoned_version=self._state.abandoned.get(doc.rollout_id),
+                policy=DevicePolicy(
+                    config.maintenance_window, config.min_version, self._state.newest_seen
+                ),
             )
         except VerificationError as e:
             return self._refuse(doc, e)
+        if doc.state in OFFERING_STATES:
+            self._note_seen(doc.version)
         if decision.action == IDLE:
             client.clean_downloads()
-            self._heartbeat(doc, decision.reason)
+            self._heartbeat(doc, decision.reason, decision.code)
             return self._result(
                 ACTION_IDLE,
                 message=decision.reason,
                 rollout_id=doc.rollout_id,
                 target_version=doc.version,
+                error_code=decision.code,
             )
         logger.info("update available: %s", decision.reason)
         return self._update(client, doc)
+
+    def _note_seen(self, version: str | None) -> None:
+        """Raise the persisted newest-seen version to ``version`` (never lowers it)."""
+        newest = seen(self._state.newest_seen, version)
+        if newest != self._state.newest_seen:
+            self._state = replace(self._state, newest_seen=newest)
+            self._store.save(self._state)
 
     def _refuse(
         self, doc: RolloutDoc | None, error: TufotaError, *, keep_state: bool = False
@@ -585,6 +624,9 @@ class Agent:
             if rollout_id is not None:
                 self._state = self._state.abandon(
                     rollout_id, version, limits.max_remembered_rollouts
+                )
+                self._state = replace(
+                    self._state, last_failure=_failure(self._state, e.code, str(e))
                 )
             self._transition("failed", report="failed", error_code=e.code, message=str(e))
             return self._result(ACTION_FAILED, error_code=e.code, message=str(e))

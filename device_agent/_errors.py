@@ -38,6 +38,9 @@ BUNDLE_INVALID = "bundle_invalid"
 INSTALL_FAILED = "install_failed"
 HEALTH_CHECK_FAILED = "health_check_failed"
 BOOT_ATTEMPTS_EXHAUSTED = "boot_attempts_exhausted"
+BELOW_MINIMUM_VERSION = "below_minimum_version"
+OUTSIDE_DEVICE_WINDOW = "outside_device_window"
+DISK_FULL = "disk_full"
 
 E = TypeVar("E", bound=TufotaError)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from device_agent._fs import atomic_write_json, fsync_dir, read_json
 from device_agent._http import Delivery, ReportSender
-from tufota_core import DEVICE_STATES, RepositoryError
+from tufota_core import DEVICE_STATES, InputError, RepositoryError, Version
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ class AgentState:
         reported: Error codes already reported, per rollout id ("" = no rollout).
         abandoned: Rollout id -> version that rolled back or failed to install;
             never retried for that rollout.
+        newest_seen: The newest version this device installed or was offered by
+            a verified rollout; it only grows (a floor while the installed
+            version is unknown, so a stolen online key cannot offer an older one).
+        last_failure: Why the last rollback or failed install happened
+            (``rollout_id``, ``version``, ``code``, ``message``); heartbeats about
+            that rollout repeat it, so the server keeps showing the real cause.
     """
 
     state: str = "idle"
@@ -66,6 +72,8 @@ class AgentState:
     pending_error: str | None = None
     reported: dict[str, list[str]] = field(default_factory=dict)
     abandoned: dict[str, str] = field(default_factory=dict)
+    newest_seen: str | None = None
+    last_failure: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": STATE_SCHEMA, **asdict(self)}
@@ -90,8 +98,10 @@ class AgentState:
                 pending_error=data.get("pending_error"),
                 reported={str(k): [str(c) for c in v] for k, v in data.get("reported", {}).items()},
                 abandoned={str(k): str(v) for k, v in data.get("abandoned", {}).items()},
+                newest_seen=_optional_version(data.get("newest_seen")),
+                last_failure=_failure(data.get("last_failure")),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, InputError) as e:
             raise RepositoryError(f"agent state file is malformed: {e}") from e
         if state.state not in DEVICE_STATES or state.next_seq < 1:
             raise RepositoryError("agent state file holds an invalid state or seq")
@@ -116,6 +126,30 @@ class AgentState:
         abandoned.pop(rollout_id, None)
         abandoned[rollout_id] = version
         return replace(self, abandoned=_keep_last(abandoned, keep))
+
+
+def _optional_version(value: Any) -> str | None:
+    if value is None:
+        return None
+    Version.parse(str(value))
+    return str(value)
+
+
+def _failure(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError("last_failure must be an object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def seen(current: str | None, version: str | None) -> str | None:
+    """The newer of ``current`` and ``version`` (either may be None)."""
+    if version is None:
+        return current
+    if current is None or Version.parse(version) > Version.parse(current):
+        return version
+    return current
 
 
 def _keep_last(mapping: dict[str, Any], keep: int) -> dict[str, Any]:

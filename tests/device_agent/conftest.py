@@ -149,6 +149,7 @@ class TufRepo:
         current_wave: int = 0,
         state: str = "active",
         rollout_id: str = "r-1",
+        maintenance_window: str | None = None,
     ) -> RolloutDoc:
         doc = RolloutDoc(
             rollout_id=rollout_id,
@@ -158,6 +159,7 @@ class TufRepo:
             waves=waves,
             current_wave=current_wave,
             state=state,
+            maintenance_window=maintenance_window,
         )
         self._add_target("rollouts", rollout_target_path(HW), doc.to_bytes())
         return doc

@@ -217,6 +217,28 @@ def test_failed_health_check_rolls_back_and_is_not_retried(env: Env) -> None:
     assert env.server.downloads_of(path) == 1
 
 
+def test_after_a_rollback_heartbeats_keep_the_health_check_failure_as_the_reason(
+    env: Env,
+) -> None:
+    env.write_config(health_command=failing_command())
+    env.repo.add_firmware("1.1.0")
+    env.repo.set_rollout("1.1.0")
+    env.repo.publish()
+    assert env.agent().run_once().action == ACTION_REBOOTING
+    assert env.agent().run_once().action == ACTION_ROLLED_BACK
+    # The server paused the rollout because of this failure.
+    env.repo.set_rollout("1.1.0", state="paused")
+    env.repo.publish()
+
+    env.agent().run_once()
+
+    heartbeat = env.server.reports[-1]
+    assert heartbeat.state == "idle"
+    assert heartbeat.error_code == "health_check_failed"
+    assert "unhealthy" in heartbeat.message
+    assert "is paused" in heartbeat.message
+
+
 def test_image_that_never_gets_healthy_falls_back_after_max_boot_attempts(env: Env) -> None:
     env.write_config(max_boot_attempts=2)
     env.repo.add_firmware("1.1.0")
