@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from staging._config import MAX_DURATION_SECONDS
 from tufota_core import InputError, format_time
 
 SEVERITIES = ("info", "warning", "critical")
@@ -215,8 +216,10 @@ class AlertSettings:
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names) or "log" in names:
             raise InputError("sink names must be unique and 'log' is reserved")
-        if self.patch_grace_seconds < 0 or self.expiry_margin_seconds < 0:
-            raise InputError("alert delays must be >= 0")
+        for name in ("patch_grace_seconds", "expiry_margin_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not 0 <= value <= MAX_DURATION_SECONDS:
+                raise InputError(f"{name.replace('_', ' ')} {value} is outside 0 s - 365 days")
         if not 0.0 <= self.patch_min_cvss <= 10.0:
             raise InputError(f"CVSS threshold {self.patch_min_cvss} is outside 0-10")
 
@@ -248,7 +251,7 @@ class AlertSettings:
                     data.get("expiry_margin_seconds", defaults.expiry_margin_seconds)
                 ),
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise InputError(f"alert settings are malformed: {e}") from e
 
     def dumps(self) -> str:

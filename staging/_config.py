@@ -10,6 +10,14 @@ from dataclasses import dataclass
 
 from tufota_core import InputError
 
+MAX_DURATION_SECONDS = 365 * 86400
+"""Upper bound of every duration staging accepts (soak, timeouts, poll, grace, backoff).
+
+Checked where a duration enters (``parse_duration``, ``RolloutOptions``,
+``AlertSettings``), before anything is created, so no stored value can push
+a date past what ``datetime`` represents.
+"""
+
 
 @dataclass(frozen=True)
 class StagingConfig:
@@ -33,6 +41,9 @@ class StagingConfig:
         notifications_per_tick: most notifications one tick delivers.
         fleet_check_seconds: least time between two runs of the fleet-wide
             monitors (metadata expiry, unpatched vulnerabilities).
+        clock_skew_seconds: a device whose report's own time (``Report.time``)
+            differs from the server's clock by more than this raises a
+            ``device_clock_skew`` alert.
     """
 
     busy_timeout_seconds: float = 10.0
@@ -46,10 +57,13 @@ class StagingConfig:
     notification_backoff_seconds: float = 30.0
     notifications_per_tick: int = 500
     fleet_check_seconds: float = 60.0
+    clock_skew_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if self.busy_timeout_seconds < 0:
             raise InputError("busy_timeout_seconds must be >= 0")
+        if not 0 < self.clock_skew_seconds <= MAX_DURATION_SECONDS:
+            raise InputError("clock_skew_seconds must be above 0 and at most 365 days")
         if self.notification_backoff_seconds < 0 or self.fleet_check_seconds < 0:
             raise InputError("notification backoff and fleet check times must be >= 0")
         for name in (

@@ -41,12 +41,13 @@ from staging._alerts import STALL_KINDS, Alert, AlertDraft, AlertSettings, SinkS
 from staging._config import StagingConfig
 from staging._model import Event, RolloutOptions, RolloutRecord
 from staging._patch import ReleaseCatalog
-from staging._progress import FleetStatus, RolloutStatus, fleet, judge
+from staging._progress import MANUAL_COMPLETION, FleetStatus, RolloutStatus, fleet, judge, retry_due
 from staging._sinks import AlertSink, LogSink, build_sink
 from staging._stalls import find_stall
 from staging._store import TrackerStore
 from tufota_core import (
     ConflictError,
+    InputError,
     RolloutDoc,
     TufotaError,
     Version,
@@ -212,28 +213,83 @@ class RolloutController:
     def pause(self, rollout_id: str, reason: str) -> RolloutDoc:
         """Stop devices from starting the update; those mid-install finish.
 
+        Idempotent: pausing a paused rollout changes nothing and returns its document.
+
         Raises:
             NotFoundError: no such rollout.
-            ConflictError: the rollout is not active, or changed meanwhile.
+            ConflictError: the rollout completed or was aborted, or changed meanwhile.
             TufotaError: publishing failed (the pause is recorded; ``tick`` retries).
         """
+        current = self._store.get_rollout(rollout_id)
+        if current.state == "paused":
+            return self.doc_for(current)
         return self._manual(
-            "pause", rollout_id, ("active",), "paused", "paused", reason or "paused by hand"
+            "pause",
+            rollout_id,
+            ("active",),
+            "paused",
+            "paused",
+            reason or "paused by hand",
+            rollout=current,
         )
 
     def resume(self, rollout_id: str, reason: str = "") -> RolloutDoc:
         """Make a paused rollout active again at the same wave.
 
         Failures reported before the resume no longer count towards the
-        failure threshold; new ones do.
+        failure threshold; new ones do. Idempotent: resuming an active
+        rollout changes nothing and returns its document.
 
         Raises:
             NotFoundError: no such rollout.
-            ConflictError: the rollout is not paused, or changed meanwhile.
+            ConflictError: the rollout completed or was aborted, or changed meanwhile.
             TufotaError: publishing failed (the resume is recorded; ``tick`` retries).
         """
+        current = self._store.get_rollout(rollout_id)
+        if current.state == "active":
+            return self.doc_for(current)
         return self._manual(
-            "resume", rollout_id, ("paused",), "active", "resumed", reason or "resumed by hand"
+            "resume",
+            rollout_id,
+            ("paused",),
+            "active",
+            "resumed",
+            reason or "resumed by hand",
+            rollout=current,
+        )
+
+    def complete(self, rollout_id: str, reason: str) -> RolloutDoc:
+        """End a rollout at its last wave as completed although some devices did not succeed.
+
+        For known stragglers (failed, offline or retired devices): the reason
+        is required and kept in the history as ``completed by hand: REASON``.
+        Like any completed rollout, the document keeps offering the release
+        to every wave.
+
+        Raises:
+            InputError: no reason given.
+            NotFoundError: no such rollout.
+            ConflictError: the rollout is not active or paused, is not at its
+                last wave (advance first), or changed meanwhile.
+            TufotaError: publishing failed (the change is recorded; ``tick`` retries).
+        """
+        if not reason.strip():
+            raise InputError("completing a rollout by hand needs a reason (--reason)")
+        current = self._store.get_rollout(rollout_id)
+        last = len(current.waves) - 1
+        if current.live and current.current_wave != last:
+            raise ConflictError(
+                f"rollout {rollout_id} is at wave {current.current_wave + 1}/{len(current.waves)}; "
+                f"complete needs its last wave '{current.waves[-1].name}' open (advance first)"
+            )
+        return self._manual(
+            "complete",
+            rollout_id,
+            ("active", "paused"),
+            "completed",
+            "completed",
+            f"{MANUAL_COMPLETION}: {reason.strip()}",
+            rollout=current,
         )
 
     def abort(self, rollout_id: str, reason: str) -> RolloutDoc:
@@ -266,7 +322,8 @@ class RolloutController:
         if rollout.state == "active" and rollout.current_wave == last:
             raise ConflictError(
                 f"rollout {rollout_id} is at its last wave '{rollout.waves[-1].name}'; "
-                "it completes when that wave meets its gate"
+                "it completes when that wave meets its gate, or by hand with "
+                f"'tufota rollout complete {rollout_id} --reason ...'"
             )
         return self._manual(
             "advance",
@@ -615,6 +672,27 @@ class RolloutController:
                 break
             now = self._clock()
             _, gate = judge(rollout, counts, now)
+            due = None if gate.failing else retry_due(rollout, counts)
+            if due is not None and due <= now:
+                generation = rollout.retry_generation + 1
+                text = (
+                    f"retry {generation}/{rollout.options.retry_failed}: offering "
+                    f"{rollout.version} again to the devices that failed"
+                )
+                rollout, event = self._store.update_rollout_state(
+                    rollout.rollout_id,
+                    expected_revision=rollout.revision,
+                    state="active",
+                    current_wave=rollout.current_wave,
+                    kind="retried",
+                    reason=text,
+                    at=now,
+                    retry=True,
+                )
+                logger.info("rollout %s: %s", rollout.rollout_id, text)
+                events.append(event)
+                counts = self._store.rollout_counts(rollout)
+                continue
             if gate.failing:
                 state, kind, next_wave = "paused", "paused", rollout.current_wave
             elif not gate.ready:
@@ -697,6 +775,7 @@ class RolloutController:
             state=record.state,
             maintenance_window=record.options.maintenance_window,
             updated=format_time(record.updated_at),
+            retry=record.retry_generation,
         )
 
     # -- helpers -------------------------------------------------------------------

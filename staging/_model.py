@@ -9,12 +9,51 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from staging._config import MAX_DURATION_SECONDS
 from tufota_core import InputError, Wave, check_window, format_time
+
+MAX_RETRIES = 10
+"""Most re-offers of a release to its failed devices (``RolloutOptions.retry_failed``)."""
+
+SECURITY_CODES = frozenset(
+    {
+        "target_hash_mismatch",
+        "target_length_mismatch",
+        "bad_signature",
+        "metadata_rollback",
+        "metadata_version_mismatch",
+        "metadata_too_large",
+        "metadata_expired",
+        "metadata_verification_failed",
+        "slow_retrieval",
+        "firmware_too_large",
+        "wrong_hardware",
+        "downgrade_refused",
+    }
+)
+"""Report error codes of data a device refused to trust (``device_agent._errors``).
+
+A ``failed`` report with one of these is a security event (its own counter and
+a ``verification_failed`` alert), never an install failure: a network attacker
+who tampers with one download must not be able to pause a rollout.
+"""
+
+TRANSPORT_CODES = frozenset({"download_failed", "data_budget_exhausted", "server_unreachable"})
+"""Report error codes of a transfer that will be tried again: neither failure nor attack."""
+
+NOT_COUNTED_CODES = SECURITY_CODES | TRANSPORT_CODES
+"""Failure codes that never count toward a wave's failure threshold.
+
+Every other ``failed``/``rolled_back`` report counts: install, health check and
+boot failures, repository faults (a release signed wrongly fails on every
+device and should pause the rollout), unknown codes and no code at all.
+"""
 
 DEVICE_STATUSES = ("pending", "accepted", "revoked")
 """Registration status: ``revoked`` devices are ignored by every rollout gate."""
@@ -29,6 +68,7 @@ EVENT_KINDS = (
     "resumed",
     "aborted",
     "completed",
+    "retried",
 )
 """What an ``Event`` records: a device change (first three) or a rollout change."""
 
@@ -59,6 +99,12 @@ class RolloutOptions:
         maintenance_window: canonical ``DAYS HH:MM-HH:MM UTC`` text (see
             ``staging._window``), or None for "any time".
         preset: the preset the plan started from (``standard``, ``critical``), or "".
+        retry_failed: how many times the release is offered again to devices
+            that failed or rolled back in the open waves (0: never; at most
+            ``MAX_RETRIES``). Each retry is a new ``retry`` generation in the
+            signed rollout document.
+        retry_backoff_seconds: wait after a failure before the first retry;
+            doubles for each further retry.
     """
 
     success_threshold: float = 0.95
@@ -71,16 +117,22 @@ class RolloutOptions:
     silent_polls: int = 3
     maintenance_window: str | None = None
     preset: str = ""
+    retry_failed: int = 0
+    retry_backoff_seconds: int = 600
 
     def __post_init__(self) -> None:
         if not 0.0 < self.success_threshold <= 1.0:
             raise InputError(f"success threshold {self.success_threshold} is outside (0, 1]")
         if not 0.0 < self.failure_threshold <= 1.0:
             raise InputError(f"failure threshold {self.failure_threshold} is outside (0, 1]")
-        if isinstance(self.soak_seconds, bool) or self.soak_seconds < 0:
-            raise InputError(f"soak time {self.soak_seconds} s must be >= 0")
-        if isinstance(self.min_devices, bool) or self.min_devices < 0:
-            raise InputError(f"minimum device count {self.min_devices} must be >= 0")
+        for name in ("soak_seconds", "retry_backoff_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not 0 <= value <= MAX_DURATION_SECONDS:
+                raise InputError(f"{name.replace('_', ' ')} {value} is outside 0 s - 365 days")
+        if isinstance(self.retry_failed, bool) or not 0 <= self.retry_failed <= MAX_RETRIES:
+            raise InputError(f"retry count {self.retry_failed} is outside 0-{MAX_RETRIES}")
+        if isinstance(self.min_devices, bool) or not 0 <= self.min_devices <= 10**9:
+            raise InputError(f"minimum device count {self.min_devices} is outside 0-1000000000")
         for name in ("stall_timeout_seconds", "reboot_timeout_seconds", "poll_interval_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not 1 <= value <= 30 * 86400:
@@ -110,6 +162,8 @@ class RolloutOptions:
             "silent_polls": self.silent_polls,
             "maintenance_window": self.maintenance_window,
             "preset": self.preset,
+            "retry_failed": self.retry_failed,
+            "retry_backoff_seconds": self.retry_backoff_seconds,
         }
 
     @classmethod
@@ -135,10 +189,14 @@ class RolloutOptions:
                 "reboot_timeout_seconds",
                 "poll_interval_seconds",
                 "silent_polls",
+                "retry_failed",
+                "retry_backoff_seconds",
             ):
                 value = data.get(name, getattr(defaults, name))
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise TypeError(f"{name} must be a number")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{name} must be a finite number")
                 if int(value) != value:
                     raise ValueError(f"{name} must be a whole number")
                 ints[name] = int(value)
@@ -159,6 +217,8 @@ class RolloutOptions:
                 silent_polls=ints["silent_polls"],
                 maintenance_window=None if window is None else str(window),
                 preset=str(data.get("preset", "")),
+                retry_failed=ints["retry_failed"],
+                retry_backoff_seconds=ints["retry_backoff_seconds"],
             )
         except (TypeError, ValueError) as e:
             raise InputError(f"rollout options are malformed: {e}") from e
@@ -186,6 +246,8 @@ class DeviceRecord:
     later heartbeats, so a failure is not forgotten when the device goes idle.
     ``state_since`` is when ``state`` last changed; ``progress_at`` is when the
     state or ``bytes_done`` last changed (stall detection reads both).
+    ``clock_skew`` is how many seconds the device's clock was ahead of the
+    server's in its last report that carried a time (negative: behind).
     """
 
     device_id: str
@@ -210,6 +272,7 @@ class DeviceRecord:
     progress_at: datetime | None = None
     bytes_done: int = 0
     bytes_total: int = 0
+    clock_skew: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +298,7 @@ class DeviceRecord:
             "progress_at": _time(self.progress_at),
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
+            "clock_skew": self.clock_skew,
         }
 
 
@@ -247,6 +311,9 @@ class RolloutRecord:
     when the rollout last became active: failures reported before it no longer
     pause the rollout (so a resume is not undone by old failures).
     ``wave_opened_at[k]`` is when wave k opened, for the waves opened so far.
+    ``retry_generation`` counts the re-offers to failed devices so far (the
+    signed document's ``retry``), the latest made at ``retried_at``: a
+    failure reported before ``retried_at`` is being retried, not final.
     """
 
     rollout_id: str
@@ -265,6 +332,8 @@ class RolloutRecord:
     revision: int
     published_revision: int
     wave_opened_at: tuple[datetime, ...] = ()
+    retry_generation: int = 0
+    retried_at: datetime | None = None
 
     def opened_at(self, wave: int) -> datetime:
         """When ``wave`` opened (the rollout's start for wave 0 and unknown waves)."""
@@ -295,6 +364,8 @@ class RolloutRecord:
             "revision": self.revision,
             "published_revision": self.published_revision,
             "wave_opened_at": [format_time(t) for t in self.wave_opened_at],
+            "retry_generation": self.retry_generation,
+            "retried_at": _time(self.retried_at),
         }
 
 

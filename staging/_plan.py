@@ -20,33 +20,55 @@ offending input; it has no side effects.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from staging._config import MAX_DURATION_SECONDS
 from staging._model import RolloutOptions
 from tufota_core import FirmwareInfo, InputError, Wave, check_window, parse_wave_spec
 
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_DURATION = re.compile(r"^(\d{1,15})([smhd]?)$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str | int | float) -> int:
+def parse_duration(text: str | int | float, *, maximum: int = MAX_DURATION_SECONDS) -> int:
     """``30m`` -> 1800; a number is seconds.
 
+    Args:
+        text: ``90s``, ``30m``, ``2h``, ``1d`` or a whole number of seconds.
+        maximum: the largest accepted value in seconds (365 days unless given),
+            checked before any date arithmetic can overflow.
+
     Raises:
-        InputError: not like 90s, 30m, 2h or 1d, or negative.
+        InputError: not like 90s, 30m, 2h or 1d, negative, or above ``maximum``.
     """
     if isinstance(text, bool):
         raise InputError("a duration is like 90s, 30m, 2h or 1d")
     if isinstance(text, int | float):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise InputError(f"duration {text} must be a whole number of seconds >= 0")
         if text < 0 or int(text) != text:
             raise InputError(f"duration {text} must be a whole number of seconds >= 0")
-        return int(text)
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise InputError(f"duration {text!r} is not like 90s, 30m, 2h or 1d")
-    return int(match.group(1)) * _SECONDS[match.group(2)]
+        if text > maximum:
+            raise InputError(f"duration {text:g} s is longer than the limit of {_human(maximum)}")
+        seconds = int(text)
+    else:
+        match = _DURATION.match(text.strip())
+        if match is None:
+            raise InputError(f"duration {text!r} is not like 90s, 30m, 2h or 1d")
+        seconds = int(match.group(1)) * _SECONDS[match.group(2)]
+    if seconds > maximum:
+        raise InputError(f"duration {text!r} is longer than the limit of {_human(maximum)}")
+    return seconds
+
+
+def _human(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def parse_fraction(text: str | int | float) -> float:
@@ -97,6 +119,8 @@ _OPTION_NAMES = (
     "reboot_timeout_seconds",
     "poll_interval_seconds",
     "silent_polls",
+    "retry_failed",
+    "retry_backoff_seconds",
 )
 
 

@@ -9,22 +9,39 @@ on the verdict. Rules:
    very function devices evaluate, so the tracker expects exactly the devices
    that will act. Devices in no wave are "not targeted".
 3. Each device is in exactly one outcome, first match wins:
-   ``succeeded`` (its installed version is the rollout version), ``failed`` /
-   ``rolled_back`` (its last failure was for this version or rollout; a retry
-   does not clear it, only success does), ``downloading`` (downloading,
+   ``succeeded`` (its installed version is the rollout version or a newer
+   one: a device that moved on to a later release still counts for the
+   rollouts it went through), ``failed`` / ``rolled_back`` (its last counted
+   failure was for this version or rollout and came after the latest retry
+   generation; only success clears it), ``downloading`` (downloading,
    downloaded), ``installed`` (installing, rebooting, verifying), else
-   ``waiting``. ``checked_in`` counts devices seen since the rollout started.
+   ``waiting`` (this includes a failed device the rollout is offering the
+   release again). ``checked_in`` counts devices seen since the rollout
+   started. Failures whose code is in ``staging._model.NOT_COUNTED_CODES``
+   (verification and transport failures) are never a device's failure.
 4. The gate looks at the waves up to the current one together (waves are
-   cumulative):
+   cumulative). ``failed`` and ``rolled_back`` devices there are *final*:
+   they count against the failure threshold and are no longer "still to
+   succeed".
 
    * it *fails* when failures since the rollout last became active reach
      ``failure_threshold`` of the eligible devices (and at least one failed);
-   * it *opens* when succeeded >= ``success_threshold`` x eligible, at least
-     ``min_devices`` succeeded (all of them when fewer are eligible), and the
-     current wave has been open ``soak_seconds``;
-   * a current wave that holds no eligible devices of its own opens at once,
-     without soak, whatever the earlier waves look like. Failing wins over
-     opening.
+   * it *waits for devices to register* while no wave holds an eligible
+     device at all (an empty fleet never completes a rollout);
+   * it *waits for a retry* while final failures exist and the rollout has
+     retries left (``retry_failed``): the next retry generation is due
+     ``retry_backoff_seconds`` x 2^generation after the latest failure;
+   * it *opens* when succeeded >= ``success_threshold`` x (eligible - final
+     failures), at least ``min_devices`` succeeded (all of those when fewer
+     are left) and at least one, and the current wave has been open
+     ``soak_seconds``. With 8 devices, one rolled back and a 95% threshold the
+     last wave completes at 7/8 (7 >= 0.95 x 7), unless the rollback
+     already paused it at the failure threshold;
+   * a current wave that holds no eligible devices of its own (while earlier
+     waves do) opens at once, without soak. Failing wins over opening.
+
+   Devices whose clock disagrees with the server's are counted and named in
+   the gate's text, so a rollout never waits for them silently.
 """
 
 from __future__ import annotations
@@ -38,24 +55,48 @@ from typing import Any
 
 from staging._model import DeviceRecord, RolloutOptions, RolloutRecord
 from staging._patch import EXPOSURES, ReleaseCatalog, exposure_of
-from tufota_core import Version, format_time, wave_index
+from tufota_core import InputError, Version, format_time, wave_index
 
 OUTCOMES = ("succeeded", "failed", "rolled_back", "downloading", "installed", "waiting")
 _DOWNLOADING = ("downloading", "downloaded")
 _INSTALLING = ("installing", "rebooting", "verifying")
 _EPSILON = 1e-9
+MANUAL_COMPLETION = "completed by hand"
+"""How the reason of a rollout an operator completed begins (``RolloutController.complete``)."""
 
 
 def _time(moment: datetime | None) -> str | None:
     return None if moment is None else format_time(moment)
 
 
+def _at_or_above(installed: str | None, version: str) -> bool:
+    if installed is None:
+        return False
+    if installed == version:
+        return True
+    try:
+        return Version.parse(installed) > Version.parse(version)
+    except InputError:
+        return False
+
+
 def classify(rollout: RolloutRecord, device: DeviceRecord) -> str:
-    """The device's outcome for this rollout: one of ``OUTCOMES`` (rule 3)."""
-    if device.installed_version == rollout.version:
+    """The device's outcome for this rollout: one of ``OUTCOMES`` (rule 3).
+
+    The one classification every surface uses (gates, dashboard, alerts, CLI).
+    """
+    if _at_or_above(device.installed_version, rollout.version):
         return "succeeded"
-    if device.failed_state is not None and (
-        device.failed_version == rollout.version or device.failed_rollout_id == rollout.rollout_id
+    if (
+        device.failed_state is not None
+        and (
+            device.failed_version == rollout.version
+            or device.failed_rollout_id == rollout.rollout_id
+        )
+        and (
+            rollout.retried_at is None
+            or (device.failed_at is not None and device.failed_at >= rollout.retried_at)
+        )
     ):
         return device.failed_state
     working = device.target_version == rollout.version or device.rollout_id == rollout.rollout_id
@@ -125,6 +166,9 @@ class RolloutStatus:
     gate: str
     stalls: Mapping[str, int] = field(default_factory=dict)
     wave_opened_at: tuple[datetime, ...] = ()
+    security_events: int = 0
+    clock_skewed: int = 0
+    retry_generation: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +192,10 @@ class RolloutStatus:
             "stalls": dict(self.stalls),
             "maintenance_window": self.options.maintenance_window,
             "wave_opened_at": [format_time(t) for t in self.wave_opened_at],
+            "security_events": self.security_events,
+            "clock_skewed": self.clock_skewed,
+            "retry_generation": self.retry_generation,
+            "retry_failed": self.options.retry_failed,
         }
 
 
@@ -160,35 +208,46 @@ class RolloutCounts:
         recent_failures: per wave, devices whose failure for this rollout
             happened at or after ``failures_since``.
         not_targeted: devices of the hardware id in no wave.
+        last_failure: the latest final failure in the open waves (for retry backoff).
+        skewed: per wave, devices not yet succeeded whose clock is off by
+            more than ``StagingConfig.clock_skew_seconds``.
+        security_events: verification failures devices reported for this rollout.
     """
 
     waves: tuple[WaveStatus, ...]
     recent_failures: tuple[int, ...]
     not_targeted: int
+    last_failure: datetime | None = None
+    skewed: tuple[int, ...] = ()
+    security_events: int = 0
 
 
 def _count(
-    name: str, rollout: RolloutRecord, devices: Iterable[DeviceRecord]
-) -> tuple[WaveStatus, int]:
+    name: str, rollout: RolloutRecord, devices: Iterable[DeviceRecord], skew_seconds: float
+) -> tuple[WaveStatus, int, datetime | None, int]:
     outcomes: Counter[str] = Counter()
-    eligible = checked_in = recent = 0
+    eligible = checked_in = recent = skewed = 0
+    last_failure: datetime | None = None
     for device in devices:
         eligible += 1
         if device.last_seen is not None and device.last_seen >= rollout.created_at:
             checked_in += 1
         outcome = classify(rollout, device)
         outcomes[outcome] += 1
-        if (
-            outcome in ("failed", "rolled_back")
-            and device.failed_at is not None
-            and device.failed_at >= rollout.failures_since
-        ):
-            recent += 1
+        if outcome in ("failed", "rolled_back") and device.failed_at is not None:
+            if device.failed_at >= rollout.failures_since:
+                recent += 1
+            if last_failure is None or device.failed_at > last_failure:
+                last_failure = device.failed_at
+        if outcome != "succeeded" and abs(device.clock_skew or 0) > skew_seconds:
+            skewed += 1
     status = WaveStatus(name, eligible, checked_in, **{o: outcomes[o] for o in OUTCOMES})
-    return status, recent
+    return status, recent, last_failure, skewed
 
 
-def count_devices(rollout: RolloutRecord, devices: Iterable[DeviceRecord]) -> RolloutCounts:
+def count_devices(
+    rollout: RolloutRecord, devices: Iterable[DeviceRecord], *, skew_seconds: float = 300.0
+) -> RolloutCounts:
     """Count the rollout's devices per wave in Python (module rules 1-3).
 
     Devices of other hardware ids and revoked ones are skipped.
@@ -204,11 +263,16 @@ def count_devices(rollout: RolloutRecord, devices: Iterable[DeviceRecord]) -> Ro
             not_targeted += 1
         else:
             members[index].append(device)
-    counted = [_count(w.name, rollout, m) for w, m in zip(waves, members, strict=True)]
+    counted = [
+        _count(w.name, rollout, m, skew_seconds) for w, m in zip(waves, members, strict=True)
+    ]
+    failures = [c[2] for c in counted[: rollout.current_wave + 1] if c[2] is not None]
     return RolloutCounts(
         waves=tuple(c[0] for c in counted),
         recent_failures=tuple(c[1] for c in counted),
         not_targeted=not_targeted,
+        last_failure=max(failures) if failures else None,
+        skewed=tuple(c[3] for c in counted),
     )
 
 
@@ -263,8 +327,24 @@ def judge(
         not_targeted=counts.not_targeted,
         gate=gate.text,
         wave_opened_at=rollout.wave_opened_at,
+        security_events=counts.security_events,
+        clock_skewed=sum(counts.skewed),
+        retry_generation=rollout.retry_generation,
     )
     return status, gate
+
+
+def retry_due(rollout: RolloutRecord, counts: RolloutCounts) -> datetime | None:
+    """When the next retry generation is due, or None when none is (rule 4)."""
+    opts = rollout.options
+    if rollout.retry_generation >= opts.retry_failed or counts.last_failure is None:
+        return None
+    current = rollout.current_wave
+    final = sum(w.failed + w.rolled_back for w in counts.waves[: current + 1])
+    if not final:
+        return None
+    delay = opts.retry_backoff_seconds * 2**rollout.retry_generation
+    return counts.last_failure + timedelta(seconds=delay)
 
 
 def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
@@ -272,14 +352,19 @@ def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
     current = rollout.current_wave
     wave = rollout.waves[current]
     if rollout.state == "completed":
-        return Gate(False, False, "completed: every wave met its gate")
+        manual = rollout.reason.startswith(MANUAL_COMPLETION)
+        return Gate(
+            False, False, rollout.reason if manual else "completed: every wave met its gate"
+        )
     if rollout.state in ("paused", "aborted"):
         return Gate(False, False, f"{rollout.state}: {rollout.reason or 'no reason given'}")
 
     opts = rollout.options
     eligible = sum(per_wave[i].eligible for i in range(current + 1))
     succeeded = sum(per_wave[i].succeeded for i in range(current + 1))
+    final = sum(per_wave[i].failed + per_wave[i].rolled_back for i in range(current + 1))
     recent_failures = sum(counts.recent_failures[: current + 1])
+    skewed = sum(counts.skewed[: current + 1])
     last = current == len(rollout.waves) - 1
     step = "completion" if last else f"wave '{rollout.waves[current + 1].name}'"
     where = f"wave {current + 1}/{len(rollout.waves)} '{wave.name}'"
@@ -291,25 +376,58 @@ def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
             f"({_pct(recent_failures, eligible)}, failure threshold "
             f"{opts.failure_threshold * 100:g}%)",
         )
+    if not any(w.eligible for w in per_wave):
+        return Gate(
+            False,
+            False,
+            f"{where}: waiting for devices to register (no eligible device in any wave)",
+        )
     if per_wave[current].eligible == 0:
         return Gate(True, False, f"{where} holds no devices; {step} is due")
 
+    remaining = eligible - final
     needed = max(
-        math.ceil(opts.success_threshold * eligible - _EPSILON), min(opts.min_devices, eligible)
+        math.ceil(opts.success_threshold * remaining - _EPSILON),
+        min(opts.min_devices, remaining),
+        1,
     )
     waits: list[str] = []
-    if succeeded < needed:
+    due = retry_due(rollout, counts)
+    if due is not None:
         waits.append(
-            f"{needed - succeeded} more successes ({succeeded}/{eligible} = "
-            f"{_pct(succeeded, eligible)}, needs {needed})"
+            f"retry {rollout.retry_generation + 1}/{opts.retry_failed} of {final} failed "
+            f"device{'s' if final != 1 else ''} at {format_time(due)}"
+        )
+    elif remaining == 0:
+        waits.append(
+            f"a success, but all {eligible} devices failed "
+            f"(abort, or 'rollout complete ID --reason ...')"
+        )
+    elif succeeded < needed:
+        failed_note = f"; {final} failed, not counted" if final else ""
+        waits.append(
+            f"{needed - succeeded} more successes ({succeeded}/{remaining} = "
+            f"{_pct(succeeded, remaining)}, needs {needed}{failed_note})"
         )
     soak_end = rollout.wave_started_at + timedelta(seconds=opts.soak_seconds)
     if now < soak_end:
         left = int((soak_end - now).total_seconds())
         waits.append(f"soak until {format_time(soak_end)} ({left} s left)")
+    skew_note = ""
+    if skewed:
+        skew_note = (
+            f"; {skewed} device{'s' if skewed != 1 else ''} report a clock that disagrees "
+            "with the server's (device clock skew alerts): they may refuse the update"
+        )
     if waits:
-        return Gate(False, False, f"{where}: {step} waits for {' and '.join(waits)}")
-    return Gate(True, False, f"{where}: {succeeded}/{eligible} succeeded; gate met, {step} is due")
+        return Gate(False, False, f"{where}: {step} waits for {' and '.join(waits)}{skew_note}")
+    failed_note = f" ({final} failed, not counted)" if final else ""
+    return Gate(
+        True,
+        False,
+        f"{where}: {succeeded}/{remaining} succeeded{failed_note}; gate met, {step} is due"
+        f"{skew_note}",
+    )
 
 
 @dataclass(frozen=True)

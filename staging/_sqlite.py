@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,8 @@ from staging._errors import ReplayError, StoreError
 from staging._model import (
     DEVICE_STATUSES,
     EVENT_KINDS,
+    NOT_COUNTED_CODES,
+    SECURITY_CODES,
     DeviceRecord,
     Event,
     NewDevice,
@@ -64,7 +67,7 @@ from tufota_core import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FAILED_STATES = ("failed", "rolled_back")
 _DOWNLOADING = ("downloading", "downloaded")
 _INSTALLING = ("installing", "rebooting", "verifying")
@@ -99,7 +102,8 @@ CREATE TABLE IF NOT EXISTS devices (
     bytes_done INTEGER NOT NULL DEFAULT 0,
     bytes_total INTEGER NOT NULL DEFAULT 0,
     cohort_rollout TEXT,                -- newest rollout of the hardware id, and
-    cohort_wave INTEGER                 --   the device's wave in it (-1: none)
+    cohort_wave INTEGER,                --   the device's wave in it (-1: none)
+    clock_skew INTEGER                  -- v3: report time minus server time, seconds
 );
 CREATE INDEX IF NOT EXISTS devices_by_hardware ON devices (hardware_id, device_id);
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -118,7 +122,9 @@ CREATE TABLE IF NOT EXISTS rollouts (
     failures_since TEXT NOT NULL,
     revision INTEGER NOT NULL,
     published_revision INTEGER NOT NULL DEFAULT 0,
-    wave_times TEXT NOT NULL DEFAULT '[]' -- JSON list: when each wave opened
+    wave_times TEXT NOT NULL DEFAULT '[]', -- JSON list: when each wave opened
+    retry_generation INTEGER NOT NULL DEFAULT 0, -- v3: re-offers to failed devices so far
+    retried_at TEXT                     -- v3: when the latest re-offer was made
 );
 CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_live_per_hardware
     ON rollouts (hardware_id) WHERE state IN ('active', 'paused');
@@ -181,6 +187,18 @@ CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL                 -- JSON
 );
+CREATE TABLE IF NOT EXISTS security_events (  -- v3: verification failures devices reported
+    event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    hardware_id TEXT NOT NULL,
+    rollout_id TEXT,
+    version TEXT,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS security_events_by_rollout ON security_events (rollout_id, event_id);
+CREATE INDEX IF NOT EXISTS security_events_by_hardware ON security_events (hardware_id, event_id);
 """
 
 # Columns added by schema v2 to a v1 file (ALTER TABLE runs before the v2 indexes).
@@ -193,12 +211,22 @@ _V2_COLUMNS = (
     ("devices", "cohort_wave INTEGER"),
     ("rollouts", "wave_times TEXT NOT NULL DEFAULT '[]'"),
 )
+# Columns added by schema v3 to a v1 or v2 file.
+_V3_COLUMNS = (
+    ("devices", "clock_skew INTEGER"),
+    ("rollouts", "retry_generation INTEGER NOT NULL DEFAULT 0"),
+    ("rollouts", "retried_at TEXT"),
+)
 
 # A device's outcome for a rollout, in SQL: rule 3 of staging._progress.
+# :newer lists the installed versions above the rollout's (semantic order is
+# decided in Python over the few distinct versions, not per row).
 _OUTCOME_SQL = """CASE
-    WHEN installed_version = :version THEN 'succeeded'
+    WHEN installed_version = :version OR installed_version IN (SELECT value FROM json_each(:newer))
+         THEN 'succeeded'
     WHEN failed_state IS NOT NULL
-         AND (failed_version = :version OR failed_rollout_id = :rollout_id) THEN failed_state
+         AND (failed_version = :version OR failed_rollout_id = :rollout_id)
+         AND (:retried IS NULL OR failed_at >= :retried) THEN failed_state
     WHEN (target_version = :version OR rollout_id = :rollout_id)
          AND state IN ('downloading', 'downloaded') THEN 'downloading'
     WHEN (target_version = :version OR rollout_id = :rollout_id)
@@ -223,7 +251,7 @@ _REPORT_COLUMNS = (
 _UPDATE_REPORTED = (
     "UPDATE devices SET last_seq = ?, state = ?, installed_version = ?,"
     " target_version = ?, rollout_id = ?, last_seen = ?, error_code = ?,"
-    " error_message = ?, bytes_done = ?, bytes_total = ?,"
+    " error_message = ?, bytes_done = ?, bytes_total = ?, clock_skew = ?,"
     " state_since = CASE WHEN ? THEN ? ELSE coalesce(state_since, ?) END,"
     " progress_at = CASE WHEN ? THEN ? ELSE coalesce(progress_at, ?) END"
     " WHERE device_id = ?"
@@ -232,6 +260,25 @@ _UPDATE_FAILED = (
     "UPDATE devices SET failed_state = ?, failed_version = ?,"
     " failed_rollout_id = ?, failed_at = ? WHERE device_id = ?"
 )
+_INSERT_SECURITY_EVENT = (
+    "INSERT INTO security_events (at, device_id, hardware_id, rollout_id, version, code,"
+    " message) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_MAX_SKEW = 10**9
+
+
+def _clock_skew(report: Report, received_at: datetime) -> int | None:
+    """Seconds the device's clock (``Report.time``) is ahead of ours; None when not sent."""
+    if not report.time:
+        return None
+    try:
+        sent = parse_time(report.time)
+        skew = int((sent - received_at).total_seconds())
+    except (InputError, ValueError, TypeError, OverflowError):
+        return None
+    return max(-_MAX_SKEW, min(_MAX_SKEW, skew))
+
+
 _INSERT_REPORT_EVENT = (
     "INSERT INTO events (at, kind, device_id, rollout_id, state, version, wave, seq,"
     " reason) VALUES (?, 'report', ?, ?, ?, ?, NULL, ?, ?)"
@@ -246,12 +293,16 @@ def _apply_report(
     updates: list[tuple[Any, ...]],
     failures: list[tuple[Any, ...]],
     events: list[tuple[Any, ...]],
+    security: list[tuple[Any, ...]] | None = None,
+    skew: int | None = None,
 ) -> ReportOutcome:
     """The rules of ``record_report`` for one report against the device's row.
 
-    Appends the statements' parameters to ``updates``, ``failures`` and
-    ``events`` and updates ``device`` in place, so the next report of the same
-    device in the batch sees this one applied.
+    Appends the statements' parameters to ``updates``, ``failures``,
+    ``events`` and ``security`` and updates ``device`` in place, so the next
+    report of the same device in the batch sees this one applied. A failure
+    whose code is in ``NOT_COUNTED_CODES`` is not kept as the device's failure
+    (the gates never see it); one in ``SECURITY_CODES`` becomes a security event.
     """
     device_id = report.device_id
     if device is None:
@@ -296,6 +347,7 @@ def _apply_report(
             report.message,
             report.bytes_done,
             report.bytes_total,
+            skew,
             state_changed,
             when,
             when,
@@ -306,7 +358,22 @@ def _apply_report(
         )
     )
     if report.state in _FAILED_STATES:
-        failures.append((report.state, report.target_version, report.rollout_id, when, device_id))
+        if report.error_code in SECURITY_CODES and security is not None:
+            security.append(
+                (
+                    when,
+                    device_id,
+                    report.hardware_id,
+                    report.rollout_id,
+                    report.target_version,
+                    report.error_code,
+                    report.message,
+                )
+            )
+        if report.error_code not in NOT_COUNTED_CODES:
+            failures.append(
+                (report.state, report.target_version, report.rollout_id, when, device_id)
+            )
     if changed:
         reason = report.message
         if report.error_code:
@@ -379,23 +446,27 @@ class SqliteTrackerStore(TrackerStore):
                     f"tracker store {self._path} has schema v{found}; "
                     f"this tufota understands up to v{SCHEMA_VERSION}"
                 )
-            elif found == 1:
-                self._migrate_v1(conn)
+            elif found < SCHEMA_VERSION:
+                self._migrate(conn, found)
             for statement in _SCHEMA_V2.split(";\n"):
                 if statement.strip():
                     conn.execute(statement)
 
-    def _migrate_v1(self, conn: sqlite3.Connection) -> None:
-        """Add the v2 columns and assign cohorts for each hardware id's newest rollout."""
-        for table, column in _V2_COLUMNS:
+    def _migrate(self, conn: sqlite3.Connection, found: int) -> None:
+        """Add the columns of the later schemas; from v1 also assign cohorts."""
+        if found == 1:
+            for table, column in _V2_COLUMNS:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            conn.execute("UPDATE devices SET state_since = last_seen, progress_at = last_seen")
+        for table, column in _V3_COLUMNS:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        conn.execute("UPDATE devices SET state_since = last_seen, progress_at = last_seen")
-        newest = conn.execute(
-            "SELECT rollout_id FROM rollouts AS r WHERE rowid = (SELECT rowid FROM rollouts"
-            " WHERE hardware_id = r.hardware_id ORDER BY created_at DESC, rowid DESC LIMIT 1)"
-        ).fetchall()
-        for row in newest:
-            self._assign_cohorts(conn, self._rollout(conn, row["rollout_id"]))
+        if found == 1:
+            newest = conn.execute(
+                "SELECT rollout_id FROM rollouts AS r WHERE rowid = (SELECT rowid FROM rollouts"
+                " WHERE hardware_id = r.hardware_id ORDER BY created_at DESC, rowid DESC LIMIT 1)"
+            ).fetchall()
+            for row in newest:
+                self._assign_cohorts(conn, self._rollout(conn, row["rollout_id"]))
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         logger.info("tracker store %s migrated to schema v%d", self._path, SCHEMA_VERSION)
 
@@ -568,6 +639,7 @@ class SqliteTrackerStore(TrackerStore):
             updates: list[tuple[Any, ...]] = []
             failures: list[tuple[Any, ...]] = []
             events: list[tuple[Any, ...]] = []
+            security: list[tuple[Any, ...]] = []
             for report in reports:
                 outcomes.append(
                     _apply_report(
@@ -578,6 +650,8 @@ class SqliteTrackerStore(TrackerStore):
                         updates,
                         failures,
                         events,
+                        security,
+                        _clock_skew(report, received_at),
                     )
                 )
             if updates:
@@ -586,6 +660,8 @@ class SqliteTrackerStore(TrackerStore):
                 conn.executemany(_UPDATE_FAILED, failures)
             if events:
                 conn.executemany(_INSERT_REPORT_EVENT, events)
+            if security:
+                conn.executemany(_INSERT_SECURITY_EVENT, security)
         return outcomes
 
     def device_history(self, device_id: str, limit: int | None = None) -> list[Event]:
@@ -702,6 +778,7 @@ class SqliteTrackerStore(TrackerStore):
         kind: str,
         reason: str,
         at: datetime,
+        retry: bool = False,
     ) -> tuple[RolloutRecord, Event]:
         if state not in ROLLOUT_STATES:
             raise InputError(f"rollout state {state!r} is not one of {', '.join(ROLLOUT_STATES)}")
@@ -729,7 +806,8 @@ class SqliteTrackerStore(TrackerStore):
                     "UPDATE rollouts SET state = ?, current_wave = ?, reason = ?,"
                     " updated_at = ?, wave_started_at = coalesce(?, wave_started_at),"
                     " failures_since = coalesce(?, failures_since), revision = revision + 1,"
-                    " wave_times = ? WHERE rollout_id = ?",
+                    " wave_times = ?, retry_generation = retry_generation + ?,"
+                    " retried_at = CASE WHEN ? THEN ? ELSE retried_at END WHERE rollout_id = ?",
                     (
                         state,
                         current_wave,
@@ -738,6 +816,9 @@ class SqliteTrackerStore(TrackerStore):
                         wave_started,
                         failures_since,
                         json.dumps(opened),
+                        int(retry),
+                        retry,
+                        when,
                         rollout_id,
                     ),
                 )
@@ -807,15 +888,33 @@ class SqliteTrackerStore(TrackerStore):
                 )
             )
             events.append((when, "registered", d.device_id, d.status, d.installed_version))
+        seen: set[str] = set()
+        for row in rows:
+            if row[0] in seen:
+                raise InputError(f"device {row[0]} is listed twice")
+            seen.add(row[0])
         with self._tx(write=True) as conn:
+            ids = [r[0] for r in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                taken = conn.execute(
+                    "SELECT device_id, hardware_id FROM devices"  # noqa: S608 - placeholders only
+                    f" WHERE device_id IN ({','.join('?' * len(chunk))}) ORDER BY device_id",
+                    chunk,
+                ).fetchone()
+                if taken is not None:
+                    raise ConflictError(
+                        f"device {taken['device_id']} is already registered "
+                        f"(hardware {taken['hardware_id']}); choose another device id or prefix"
+                    )
             try:
                 conn.executemany(
                     "INSERT INTO devices (device_id, hardware_id, tags, public_key, status,"
                     " registered_at, installed_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-            except sqlite3.IntegrityError as e:
-                raise ConflictError(f"a device is already registered (or listed twice): {e}") from e
+            except sqlite3.IntegrityError as e:  # a race with another writer
+                raise ConflictError("a device of this batch was registered meanwhile") from e
             conn.executemany(
                 "INSERT INTO events (at, kind, device_id, state, version) VALUES (?, ?, ?, ?, ?)",
                 events,
@@ -835,12 +934,24 @@ class SqliteTrackerStore(TrackerStore):
                 rows = conn.execute(
                     "SELECT * FROM devices WHERE hardware_id = ?", (rollout.hardware_id,)
                 ).fetchall()
-                return count_devices(rollout, (self._device_from_row(r) for r in rows))
+                counts = count_devices(
+                    rollout,
+                    (self._device_from_row(r) for r in rows),
+                    skew_seconds=self._config.clock_skew_seconds,
+                )
+                security = conn.execute(
+                    "SELECT count(*) AS n FROM security_events WHERE rollout_id = ?",
+                    (rollout.rollout_id,),
+                ).fetchone()["n"]
+                return replace(counts, security_events=int(security))
             params = {
                 "version": rollout.version,
                 "rollout_id": rollout.rollout_id,
                 "created": format_time(rollout.created_at),
                 "since": format_time(rollout.failures_since),
+                "retried": None if rollout.retried_at is None else format_time(rollout.retried_at),
+                "newer": json.dumps(self._newer_versions(conn, rollout)),
+                "skew": self._config.clock_skew_seconds,
             }
             rows = conn.execute(
                 "SELECT cohort_wave AS wave, count(*) AS eligible,"  # noqa: S608 - fixed SQL, values bound
@@ -852,21 +963,38 @@ class SqliteTrackerStore(TrackerStore):
                 " coalesce(sum(o = 'rolled_back'), 0) AS rolled_back,"
                 " coalesce(sum(o = 'waiting'), 0) AS waiting,"
                 " coalesce(sum(o IN ('failed', 'rolled_back') AND failed_at >= :since), 0)"
-                "   AS recent"
-                f" FROM (SELECT cohort_wave, last_seen, failed_at, {_OUTCOME_SQL} AS o"
+                "   AS recent,"
+                " max(CASE WHEN o IN ('failed', 'rolled_back') THEN failed_at END) AS last_failure,"
+                " coalesce(sum(o != 'succeeded' AND abs(coalesce(clock_skew, 0)) > :skew), 0)"
+                "   AS skewed"
+                f" FROM (SELECT cohort_wave, last_seen, failed_at, clock_skew, {_OUTCOME_SQL} AS o"
                 "   FROM devices WHERE cohort_rollout = :rollout_id AND status != 'revoked')"
                 " GROUP BY cohort_wave",
                 params,
             ).fetchall()
+            security = conn.execute(
+                "SELECT count(*) AS n FROM security_events WHERE rollout_id = ?",
+                (rollout.rollout_id,),
+            ).fetchone()["n"]
         by_wave = {r["wave"]: r for r in rows}
         waves = []
         recent = []
+        skewed = []
+        last_failure: datetime | None = None
         for index, wave in enumerate(rollout.waves):
             row = by_wave.get(index)
             if row is None:
                 waves.append(WaveStatus(wave.name))
                 recent.append(0)
+                skewed.append(0)
                 continue
+            if row["last_failure"] is not None:
+                failed_at = parse_time(row["last_failure"])
+                if index <= rollout.current_wave and (
+                    last_failure is None or failed_at > last_failure
+                ):
+                    last_failure = failed_at
+            skewed.append(int(row["skewed"]))
             waves.append(
                 WaveStatus(
                     wave.name,
@@ -891,7 +1019,31 @@ class SqliteTrackerStore(TrackerStore):
             waves=tuple(waves),
             recent_failures=tuple(recent),
             not_targeted=0 if outside is None else int(outside["eligible"]),
+            last_failure=last_failure,
+            skewed=tuple(skewed),
+            security_events=int(security),
         )
+
+    @staticmethod
+    def _newer_versions(conn: sqlite3.Connection, rollout: RolloutRecord) -> list[str]:
+        """Installed versions of the hardware id above the rollout's (a device there succeeded).
+
+        Reads the few distinct versions from the ``devices_by_version`` index
+        and orders them semantically in Python.
+        """
+        floor = Version.parse(rollout.version)
+        newer = []
+        for row in conn.execute(
+            "SELECT DISTINCT installed_version AS v FROM devices"
+            " WHERE hardware_id = ? AND installed_version IS NOT NULL",
+            (rollout.hardware_id,),
+        ):
+            try:
+                if Version.parse(row["v"]) > floor:
+                    newer.append(row["v"])
+            except InputError:
+                continue
+        return newer
 
     def stall_candidates(
         self, rollout: RolloutRecord, now: datetime
@@ -1308,6 +1460,7 @@ class SqliteTrackerStore(TrackerStore):
                 progress_at=_opt_time(row["progress_at"]),
                 bytes_done=row["bytes_done"],
                 bytes_total=row["bytes_total"],
+                clock_skew=row["clock_skew"],
             )
         except (ValueError, TypeError, InputError) as e:
             raise StoreError(f"device row {row['device_id']!r} is corrupt: {e}") from e
@@ -1331,6 +1484,8 @@ class SqliteTrackerStore(TrackerStore):
                 revision=row["revision"],
                 published_revision=row["published_revision"],
                 wave_opened_at=tuple(parse_time(t) for t in json.loads(row["wave_times"])),
+                retry_generation=row["retry_generation"],
+                retried_at=_opt_time(row["retried_at"]),
             )
         except (ValueError, TypeError, KeyError, InputError) as e:
             raise StoreError(f"rollout row {row['rollout_id']!r} is corrupt: {e}") from e

@@ -222,12 +222,14 @@ class TrackerStore(ABC):
         kind: str,
         reason: str,
         at: datetime,
+        retry: bool = False,
     ) -> tuple[RolloutRecord, Event]:
         """Change a rollout's state and/or wave and record an event of ``kind``.
 
         ``wave_started_at`` becomes ``at`` when the wave changes;
         ``failures_since`` becomes ``at`` when the state changes to ``active``.
-        The revision grows by one.
+        With ``retry`` the retry generation grows by one and ``retried_at``
+        becomes ``at``. The revision grows by one.
 
         Returns:
             The rollout as changed and the event recorded.

@@ -6,8 +6,9 @@ Invariants:
   the key passphrase, so it is safe to leave running on an operator's
   terminal next to the server (SQLite WAL lets it read while the server writes).
 * It ends by itself: a watched rollout that completes or is aborted ends the
-  watch (exit 0 for completed, 2 for aborted); watching every rollout ends
-  when none is live. Ctrl-C ends it with exit 130.
+  watch (exit 0 for completed, ``EXIT_ABORTED`` = 4 for aborted; 1 is any
+  error and 2 argparse's bad usage, so a script can tell them apart);
+  watching every rollout ends when none is live. Ctrl-C ends it with exit 130.
 * ``--json`` prints the very data of ``tufota rollout status --json``, one
   JSON document per line (NDJSON) and per change, for scripts.
 * On a terminal the screen is redrawn in place every interval; into a pipe or
@@ -28,7 +29,8 @@ from tufota_cli.repo_cmds import open_repository
 from tufota_core import InputError, format_time, utcnow
 
 FINAL_STATES = ("completed", "aborted")
-EXIT_ABORTED = 2
+EXIT_ABORTED = 4
+"""Exit code of ``--watch`` when a watched rollout was aborted (docs/rollouts.md)."""
 _CLEAR = "\x1b[H\x1b[2J"
 _COLUMNS = (
     ("eligible", "elig"),
@@ -51,7 +53,7 @@ def add_watch(parser: argparse.ArgumentParser, status: Callable[[argparse.Namesp
     parser.add_argument(
         "--watch",
         action="store_true",
-        help="redraw until the rollout completes or is aborted (exit 0 / 2)",
+        help="redraw until the rollout completes (exit 0) or is aborted (exit 4)",
     )
     parser.add_argument(
         "--interval", type=float, default=2.0, help="seconds between redraws (default 2)"
@@ -94,8 +96,8 @@ def watch(
     """Draw ``fetch()`` every ``interval`` seconds until no watched rollout is live.
 
     Returns:
-        0 when every watched rollout completed (or there is none), 2 when one
-        was aborted.
+        0 when every watched rollout completed (or there is none),
+        ``EXIT_ABORTED`` (4) when one was aborted.
 
     Raises:
         TufotaError: from ``fetch`` (say, an unknown rollout id), at once.

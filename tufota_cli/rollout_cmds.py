@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from repo_server import Repository, release_catalog
+from repo_server import Publisher, Repository, release_catalog
 from signing import find_product
 from staging import (
     ALERT_SEVERITIES,
@@ -31,10 +31,12 @@ from tufota_core import (
     check_hardware_id,
 )
 
+_SIGNING_PERIOD_LIMIT = 100 * 365 * 86400
+
 
 def parse_duration(text: str) -> int:
-    """``30m`` -> 1800. Raises InputError."""
-    return _parse_duration(text)
+    """``30m`` -> 1800, up to 100 years (signing periods). Raises InputError."""
+    return _parse_duration(text, maximum=_SIGNING_PERIOD_LIMIT)
 
 
 def parse_fraction(text: str) -> float:
@@ -42,8 +44,33 @@ def parse_fraction(text: str) -> float:
     return _parse_fraction(text)
 
 
+def _duration_arg(text: str) -> int:
+    """An argparse type: a rollout or alert duration, at most 365 days; one-line error."""
+    try:
+        return _parse_duration(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _fraction_arg(text: str) -> float:
+    """An argparse type: a percentage in (0, 100%]; one-line error."""
+    try:
+        return _parse_fraction(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+EXIT_CODES = (
+    "exit codes: 0 done (also 'already paused' / 'already active'), 1 refused or failed "
+    "(one line on stderr; nothing changed), 2 bad usage, 4 a watched rollout was aborted "
+    "(status --watch)"
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    rollout = sub.add_parser("rollout", help="start, watch and steer staged rollouts")
+    rollout = sub.add_parser(
+        "rollout", help="start, watch and steer staged rollouts", epilog=EXIT_CODES
+    )
     rsub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
 
     p = rsub.add_parser(
@@ -67,20 +94,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="waves in order, e.g. 'canary:tag=canary,pilot:devices=a+b,10%%,100%%'",
     )
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a starting plan")
-    p.add_argument("--success-threshold", default=None, type=parse_fraction, help="default 95%%")
-    p.add_argument("--failure-threshold", default=None, type=parse_fraction, help="default 5%%")
-    p.add_argument("--soak", default=None, type=parse_duration, help="least time per wave (30m)")
+    p.add_argument("--success-threshold", default=None, type=_fraction_arg, help="default 95%%")
+    p.add_argument("--failure-threshold", default=None, type=_fraction_arg, help="default 5%%")
+    p.add_argument("--soak", default=None, type=_duration_arg, help="least time per wave (30m)")
     p.add_argument("--min-devices", default=None, type=int, help="least successes per gate")
     p.add_argument(
-        "--stall-timeout", default=None, type=parse_duration, help="no progress this long (20m)"
+        "--stall-timeout", default=None, type=_duration_arg, help="no progress this long (20m)"
     )
     p.add_argument(
-        "--reboot-timeout", default=None, type=parse_duration, help="reboot deadline (15m)"
+        "--reboot-timeout", default=None, type=_duration_arg, help="reboot deadline (15m)"
     )
     p.add_argument(
-        "--poll-interval", default=None, type=parse_duration, help="devices' poll interval (5m)"
+        "--poll-interval", default=None, type=_duration_arg, help="devices' poll interval (5m)"
     )
     p.add_argument("--silent-polls", default=None, type=int, help="silent after N polls (3)")
+    p.add_argument(
+        "--retry-failed",
+        default=None,
+        type=int,
+        metavar="N",
+        help="offer the release again to failed devices up to N times (default 0)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        default=None,
+        type=_duration_arg,
+        help="wait before the first retry, doubling after (10m)",
+    )
     p.add_argument(
         "--maintenance-window",
         default=None,
@@ -102,15 +142,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_history)
 
     for action, text in (
-        ("pause", "stop offering the release"),
-        ("resume", "offer it again"),
+        ("pause", "stop offering the release (a paused rollout stays paused, exit 0)"),
+        ("resume", "offer it again (an active rollout stays active, exit 0)"),
         ("abort", "end the rollout for good"),
         ("advance", "open the next wave now"),
+        ("complete", "end the rollout as completed at its last wave, leaving stragglers"),
     ):
-        p = rsub.add_parser(action, help=text)
+        p = rsub.add_parser(action, help=text, epilog=EXIT_CODES)
         p.add_argument("rollout_id")
         add_repo_arguments(p)
-        p.add_argument("--reason", default="by operator")
+        if action == "complete":
+            p.add_argument(
+                "--reason",
+                required=True,
+                help="why the remaining devices may stay behind (kept in the history)",
+            )
+        else:
+            p.add_argument("--reason", default="by operator")
         p.set_defaults(func=cmd_action, action=action)
 
     p = rsub.add_parser("tick", help="evaluate gates, stalls and alerts once (for cron)")
@@ -159,11 +207,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = asub.add_parser("settings", help="show or change when fleet-wide alerts fire")
     add_repo_arguments(p)
     p.add_argument(
-        "--patch-grace", type=parse_duration, default=None, help="time after a release (7d)"
+        "--patch-grace", type=_duration_arg, default=None, help="time after a release (7d)"
     )
     p.add_argument("--min-cvss", type=float, default=None, help="least CVSS alerted on (7.0)")
     p.add_argument(
-        "--expiry-margin", type=parse_duration, default=None, help="online role expiry (12h)"
+        "--expiry-margin", type=_duration_arg, default=None, help="online role expiry (12h)"
     )
     p.set_defaults(func=cmd_alert_settings)
 
@@ -172,9 +220,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_alert_test)
 
 
-def controller(repo: Repository) -> RolloutController:
-    """A controller on ``repo``'s tracker, publishing with its online rollouts key."""
-    publisher = repo.publisher(passphrase_source())
+def controller(repo: Repository, *, signing: bool = True) -> RolloutController:
+    """A controller on ``repo``'s tracker, publishing with its online rollouts key.
+
+    With ``signing`` the online keys are loaded here, before the command
+    writes anything: a missing or wrong passphrase refuses the command while
+    the tracker and the repository are still untouched (a command that fails
+    changes nothing). Read-only commands and alert commands pass False and
+    never ask for a passphrase.
+
+    Raises:
+        InputError: no passphrase (signing only).
+        VerificationError: a wrong passphrase (signing only).
+    """
+    if signing:
+        signers = repo.online_signers(passphrase_source())
+        publisher = Publisher(repo.storage, lambda: signers, repo.expiry)
+    else:
+        publisher = repo.publisher(passphrase_source())
     return RolloutController(
         SqliteTrackerStore(repo.tracker_path),
         publisher,
@@ -215,6 +278,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         reboot_timeout_seconds=args.reboot_timeout,
         poll_interval_seconds=args.poll_interval,
         silent_polls=args.silent_polls,
+        retry_failed=args.retry_failed,
+        retry_backoff_seconds=args.retry_backoff,
     )
     doc = controller(repo).start(
         args.hardware, args.version, release.target_path, waves, options, reason=args.reason
@@ -263,7 +328,7 @@ def render_status(status: RolloutStatus) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    ctl = controller(repo)
+    ctl = controller(repo, signing=False)
     if args.rollout_id:
         statuses = [ctl.status(args.rollout_id)]
     else:
@@ -292,9 +357,18 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+_ALREADY = {"pause": "paused", "resume": "active"}
+
+
 def cmd_action(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    ctl = controller(repo)
+    with SqliteTrackerStore(repo.tracker_path) as store:
+        current = store.get_rollout(args.rollout_id)
+    if _ALREADY.get(args.action) == current.state:
+        # Idempotent: the wanted state holds already; nothing to sign or write.
+        print(f"rollout {current.rollout_id} is already {current.state}")
+        return 0
+    ctl = controller(repo)  # loads the online key before the first write
     doc = getattr(ctl, args.action)(args.rollout_id, args.reason)
     ctl.deliver()
     print(f"rollout {doc.rollout_id}: {doc.state}, wave {doc.current_wave + 1}/{len(doc.waves)}")
@@ -376,7 +450,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     if args.hardware:
         check_hardware_id(args.hardware)
-    status = controller(repo).fleet_status(
+    status = controller(repo, signing=False).fleet_status(
         hardware_id=args.hardware, catalog=release_catalog(repo.state())
     )
     if args.json:
@@ -410,7 +484,7 @@ def cmd_alert_list(args: argparse.Namespace) -> int:
 
 def cmd_alert_resolve(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    ctl = controller(repo)
+    ctl = controller(repo, signing=False)
     alert = ctl.store.resolve_alert(
         args.alert_id,
         at=ctl.now(),
@@ -489,7 +563,7 @@ def cmd_alert_settings(args: argparse.Namespace) -> int:
 
 def cmd_alert_test(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    ctl = controller(repo)
+    ctl = controller(repo, signing=False)
     now = ctl.now()
     sinks = ctl.store.get_alert_settings().sinks
     draft = AlertDraft(

@@ -50,7 +50,7 @@ from tuf.api.metadata import Metadata
 
 from device_agent import ABSimulator, Agent, AgentConfig, CycleResult, Installer, init_slots
 from repo_server import Repository
-from staging import NewDevice, SqliteTrackerStore
+from staging import NewDevice, RolloutController, SqliteTrackerStore
 from tufota_cli._common import print_json, table
 from tufota_cli.repo_cmds import open_repository
 from tufota_core import (
@@ -244,6 +244,7 @@ class Simulation:
         if repo is None and (token is None or trusted_root is None):
             raise InputError("a remote simulation needs an operator token and a trusted root")
         self.repo = repo
+        self._store: SqliteTrackerStore | None = None
         self._trusted_root = trusted_root
         # Operator calls use their own session so the token never rides on device traffic.
         self._admin = requests.Session()
@@ -467,10 +468,13 @@ class Simulation:
         )
 
     def _watch(self, rollout_id: str | None) -> dict[str, Any] | None:
+        if self.repo is not None:
+            # A local repository: read its tracker directly (no API token needed).
+            return self._local_status(rollout_id)
         try:
             if rollout_id is None:
                 return self.rollout()
-            response = self._shared.get(
+            response = self._admin.get(  # reads need the operator's token too
                 f"{self.server_url}/api/v1/rollouts/{rollout_id}", timeout=30
             )
             response.raise_for_status()
@@ -479,7 +483,25 @@ class Simulation:
             logger.warning("cannot read the rollout from %s: %s", self.server_url, e)
             return None
 
+    def _local_status(self, rollout_id: str | None) -> dict[str, Any] | None:
+        assert self.repo is not None
+        try:
+            if self._store is None:  # one read connection for the whole run
+                self._store = SqliteTrackerStore(self.repo.tracker_path)
+            store = self._store
+            if rollout_id is None:
+                newest = store.list_rollouts(self.options.hardware_id)
+                if not newest:
+                    return None
+                rollout_id = newest[0].rollout_id
+            return RolloutController(store, None).status(rollout_id).to_json()
+        except TufotaError as e:
+            logger.warning("cannot read the rollout from the tracker: %s", e)
+            return None
+
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
         self._admin.close()
         for device in self.devices:
             device.agent.close()
@@ -516,7 +538,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--hardware", required=True)
     p.add_argument("--devices", type=int, required=True)
-    p.add_argument("--prefix", default="sim", help="device id prefix (default sim)")
+    p.add_argument(
+        "--prefix",
+        default=None,
+        help="device id prefix (default sim-HARDWARE, so simulations of two hardware "
+        "lines never collide)",
+    )
     p.add_argument("--factory-version", default=None, help="version the devices start on")
     p.add_argument("--canaries", type=int, default=0, help="tag the first N devices 'canary'")
     p.add_argument("--fail-percent", type=float, default=0.0, help="devices whose install fails")
@@ -542,7 +569,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     options = SimOptions(
         hardware_id=args.hardware,
         devices=args.devices,
-        prefix=args.prefix,
+        prefix=args.prefix or f"sim-{args.hardware}",
         factory_version=args.factory_version,
         canaries=args.canaries,
         fail_percent=args.fail_percent,

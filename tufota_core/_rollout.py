@@ -38,6 +38,7 @@ BUCKETS = 10_000
 SCHEMA = "tufota.rollout/1"
 _WAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 MAX_WAVES = 32
+MAX_RETRY_GENERATION = 1000
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,11 @@ class RolloutDoc:
     maintenance_window: str | None = None
     updated: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Re-offer generation: the server raises it to offer the release again to
+    # devices that failed or rolled back in this rollout. A device retries
+    # when it is above the generation in force when it failed. Written only
+    # when above 0, so documents without retries are unchanged.
+    retry: int = 0
 
     def __post_init__(self) -> None:
         check_hardware_id(self.hardware_id)
@@ -204,6 +210,10 @@ class RolloutDoc:
         if self.state not in ROLLOUT_STATES:
             raise InputError(f"rollout state {self.state!r} is not one of {ROLLOUT_STATES}")
         check_window(self.maintenance_window)
+        if isinstance(self.retry, bool) or not isinstance(self.retry, int):
+            raise InputError("rollout retry generation must be an integer")
+        if not 0 <= self.retry <= MAX_RETRY_GENERATION:
+            raise InputError(f"rollout retry generation {self.retry} is outside 0-1000")
 
     def eligible_wave(self, device_id: str, tags: Iterable[str]) -> int | None:
         """The device's wave index when it may install now, else None.
@@ -234,6 +244,8 @@ class RolloutDoc:
                 "updated": self.updated,
             }
         )
+        if self.retry:
+            data["retry"] = self.retry
         return data
 
     def to_bytes(self) -> bytes:
@@ -261,6 +273,7 @@ class RolloutDoc:
                 "state",
                 "maintenance_window",
                 "updated",
+                "retry",
             }
             window = obj.get("maintenance_window")
             return cls(
@@ -274,6 +287,7 @@ class RolloutDoc:
                 maintenance_window=None if window is None else str(window),
                 updated=str(obj.get("updated", "")),
                 extra={k: v for k, v in obj.items() if k not in known},
+                retry=obj.get("retry", 0),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"rollout document is malformed: {e}") from e

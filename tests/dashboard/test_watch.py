@@ -59,7 +59,7 @@ def test_watch_redraws_until_the_rollout_completes(plant: Plant) -> None:
     assert "100.0%" in total
 
 
-def test_watch_json_prints_the_status_data_and_exits_2_when_aborted(plant: Plant) -> None:
+def test_watch_json_prints_the_status_data_and_exits_4_when_aborted(plant: Plant) -> None:
     rollout_id = _fleet(plant)
     command = [
         str(BIN / "tufota"),
@@ -80,7 +80,7 @@ def test_watch_json_prints_the_status_data_and_exits_2_when_aborted(plant: Plant
         assert first == {"rollouts": [plant.ctx.controller.status(rollout_id).to_json()]}
         plant.ctx.controller.abort(rollout_id, "bad batch")  # another operator, elsewhere
         rest, errors = p.communicate(timeout=60)
-    assert p.returncode == 2, errors
+    assert p.returncode == 4, errors  # not 2, argparse's code for bad usage
     last = json.loads(rest.strip().splitlines()[-1])
     assert last["rollouts"][0]["state"] == "aborted"
     assert last["rollouts"][0]["reason"] == "bad batch"

@@ -40,7 +40,7 @@ class Server:
         return requests.post(f"{self.url}{path}", json=body or {}, headers=headers, timeout=30)
 
     def get(self, path: str) -> Any:
-        response = requests.get(f"{self.url}{path}", timeout=30)
+        response = requests.get(f"{self.url}{path}", headers=self.viewer, timeout=30)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -198,7 +198,9 @@ def test_pause_resume_advance_and_abort_behave_as_documented(server: Server) -> 
         True,
     )
     assert server.post(f"/api/v1/rollouts/{rid}/advance").status_code == 409  # not active
-    assert server.post(f"/api/v1/rollouts/{rid}/pause").status_code == 409
+    again = server.post(f"/api/v1/rollouts/{rid}/pause", {"reason": "twice"})
+    assert again.status_code == 200  # idempotent: still paused, nothing recorded
+    assert (again.json()["state"], again.json()["reason"]) == ("paused", "investigating")
     resumed = server.post(f"/api/v1/rollouts/{rid}/resume").json()
     assert (resumed["state"], resumed["current_wave"]) == ("active", 0)
     advanced = server.post(f"/api/v1/rollouts/{rid}/advance").json()

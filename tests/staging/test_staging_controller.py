@@ -197,12 +197,18 @@ def test_wave_without_devices_advances_at_once_even_with_soak(
     assert publisher.last.current_wave == 1
 
 
-def test_rollout_of_an_empty_fleet_completes_in_one_tick(
-    controller: RolloutController, publisher: RecordingPublisher
+def test_rollout_of_an_empty_fleet_waits_for_devices_to_register(
+    controller: RolloutController, publisher: RecordingPublisher, devices: Devices
 ) -> None:
-    _start(controller, "a:devices=x,b:devices=y,c:100%")
-    assert [e.kind for e in controller.tick()] == ["wave_advanced", "wave_advanced", "completed"]
-    assert publisher.last.state == "completed"
+    doc = _start(controller, "a:devices=x,b:devices=y,c:100%")
+    assert controller.tick() == []
+    assert publisher.last.state == "active"
+    assert "waiting for devices to register" in controller.status(doc.rollout_id).gate
+    # Once a device registers the empty waves open at once and the gate waits for it.
+    (device,) = devices.add(1)
+    assert [e.kind for e in controller.tick()] == ["wave_advanced", "wave_advanced"]
+    devices.succeed([device], V2, doc.rollout_id)
+    assert [e.kind for e in controller.tick()] == ["completed"]
 
 
 def test_next_wave_waits_for_soak(
@@ -262,6 +268,10 @@ def _abort(c: RolloutController, rid: str) -> RolloutDoc:
     return c.abort(rid, "stop")
 
 
+def _complete(c: RolloutController, rid: str) -> RolloutDoc:
+    return c.complete(rid, "two field units retired")
+
+
 Action = Callable[[RolloutController, str], RolloutDoc]
 
 
@@ -273,8 +283,12 @@ Action = Callable[[RolloutController, str], RolloutDoc]
         ([], _advance, ("active", 1)),
         ([_pause], _resume, ("active", 0)),
         ([_pause], _abort, ("aborted", 0)),
-        ([], _resume, "cannot resume rollout .*: it is active"),
-        ([_pause], _pause, "cannot pause rollout .*: it is paused"),
+        ([], _resume, "unchanged"),
+        ([_pause], _pause, "unchanged"),
+        ([_advance], _complete, ("completed", 1)),
+        ([_advance, _pause], _complete, ("completed", 1)),
+        ([], _complete, "complete needs its last wave 'all' open"),
+        ([_abort], _complete, "cannot complete rollout .*: it is aborted"),
         ([_pause], _advance, "cannot advance rollout .*: it is paused"),
         ([_abort], _resume, "cannot resume rollout .*: it is aborted"),
         ([_abort], _abort, "cannot abort rollout .*: it is aborted"),
@@ -292,7 +306,13 @@ def test_manual_transitions(
     rid = _start(controller, "canary:10%,all:100%").rollout_id
     for step in setup:
         step(controller, rid)
-    if isinstance(result, str):
+    if result == "unchanged":  # idempotent: the wanted state holds already
+        before = store.get_rollout(rid)
+        published = len(publisher.docs)
+        assert action(controller, rid) == controller.doc_for(before)
+        assert store.get_rollout(rid) == before
+        assert len(publisher.docs) == published
+    elif isinstance(result, str):
         before = store.get_rollout(rid)
         published = len(publisher.docs)
         with pytest.raises(ConflictError, match=result):
@@ -305,12 +325,13 @@ def test_manual_transitions(
         assert publisher.last == doc
 
 
-@pytest.mark.parametrize("action", [_pause, _resume, _abort, _advance])
+@pytest.mark.parametrize("action", [_pause, _resume, _abort, _advance, _complete])
 def test_finished_rollout_refuses_every_manual_change(
-    controller: RolloutController, store: SqliteTrackerStore, action: Action
+    controller: RolloutController, store: SqliteTrackerStore, devices: Devices, action: Action
 ) -> None:
     rid = _start(controller, "all:100%").rollout_id
-    controller.tick()  # no devices: completes
+    devices.succeed(devices.add(1), V2, rid)
+    controller.tick()
     assert store.get_rollout(rid).state == "completed"
     with pytest.raises(ConflictError, match="it is completed"):
         action(controller, rid)
@@ -336,7 +357,8 @@ def test_status_counts_each_device_once_per_wave(
     assert (first.failed, first.rolled_back, first.waiting) == (1, 1, 1)
     assert (second.eligible, second.waiting) == (4, 4)
     assert (status.total.eligible, status.total.succeeded, status.not_targeted) == (10, 1, 0)
-    assert "wave 'all' waits for 5 more successes (1/6" in status.gate
+    # The failed and rolled back devices are final: no longer "still to succeed".
+    assert "wave 'all' waits for 3 more successes (1/4 = 25.0%, needs 4; 2 failed" in status.gate
     assert json.loads(json.dumps(status.to_json()))["waves"][0]["rolled_back"] == 1
 
 
@@ -374,14 +396,19 @@ def test_fleet_status_reports_versions_states_and_patch_level(
 
 
 def test_failed_publish_is_recorded_and_retried_by_the_next_tick(
-    controller: RolloutController, publisher: RecordingPublisher, store: SqliteTrackerStore
+    controller: RolloutController,
+    publisher: RecordingPublisher,
+    store: SqliteTrackerStore,
+    devices: Devices,
 ) -> None:
+    device = devices.add(1)
     publisher.fail = True
     with pytest.raises(TransportError):
         _start(controller, "all:100%")
     (rollout,) = store.list_rollouts()
     assert rollout.published_revision < rollout.revision
-    controller.tick()  # completes (no devices), publishing still fails: no exception
+    devices.succeed(device, V2, rollout.rollout_id)
+    controller.tick()  # completes, publishing still fails: no exception
     publisher.fail = False
     controller.tick()
     assert (publisher.last.rollout_id, publisher.last.state) == (rollout.rollout_id, "completed")
