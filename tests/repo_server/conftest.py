@@ -141,7 +141,7 @@ def signed_release(
     image.write_bytes(data if data is not None else f"firmware {version}\n".encode() * 500)
     product = Metadata[Targets].from_bytes(repo.state().roles[ROLE].to_bytes())
     product, target = add_release(product, image, FirmwareInfo(HW, version), utcnow(), repo.expiry)
-    sign_all(product, [load_signer(repo.key("release"), ask)])
+    sign_all(product, [load_signer(repo.key("release-gw-100"), ask)])
     return product, target, image
 
 

@@ -63,7 +63,7 @@ def test_blob_that_does_not_match_its_hash_is_refused(
     released_repo: Repository, tmp_path: Path
 ) -> None:
     product, target, image = _signed_release(released_repo, tmp_path, "2.0.0")
-    sign_all(product, [load_signer(released_repo.key("release"), ask)])
+    sign_all(product, [load_signer(released_repo.key("release-gw-100"), ask)])
     image.write_bytes(b"tampered after signing")
     before = released_repo.storage.list("")
     with pytest.raises(VerificationError, match="does not match"):
@@ -80,7 +80,7 @@ def test_product_line_cannot_sign_for_another_hardware(
     foreign = target.path.replace("gw-100", "other")
     target.path = foreign
     product.signed.targets = {foreign: target}
-    sign_all(product, [load_signer(released_repo.key("release"), ask)])
+    sign_all(product, [load_signer(released_repo.key("release-gw-100"), ask)])
     with pytest.raises(VerificationError, match="may not sign"):
         released_repo.publisher(ask).publish(
             {"firmware-gw-100": product}, [Blob(target, path=image)]
@@ -116,7 +116,7 @@ def test_crash_between_steps_keeps_the_previous_repository(
 ) -> None:
     before = load_state(released_repo.storage)
     product, target, image = _signed_release(released_repo, tmp_path, "2.0.0")
-    sign_all(product, [load_signer(released_repo.key("release"), ask)])
+    sign_all(product, [load_signer(released_repo.key("release-gw-100"), ask)])
 
     def crash(step: str) -> None:
         if step == crash_at:

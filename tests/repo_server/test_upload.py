@@ -146,7 +146,7 @@ def _case(server: Server, tmp_path: Path, case: str) -> bytes:
         current = repo.state().roles[ROLE]
         current.signed.expires += timedelta(days=1)
         current.signatures.clear()
-        sign_all(current, [load_signer(repo.key("release"), ask)])
+        sign_all(current, [load_signer(repo.key("release-gw-100"), ask)])
         return tar_bundle(tmp_path / "b.tar.gz", {ROLE: current}, {}).read_bytes()
     if case == "target_outside_product_line":
         product, target, image = signed_release(repo, tmp_path, "2.0.0")
@@ -155,7 +155,7 @@ def _case(server: Server, tmp_path: Path, case: str) -> bytes:
         target.unrecognized_fields["custom"] = FirmwareInfo("other-hw", "2.0.0").to_custom()
         product.signed.targets = {foreign: target}
         product.signatures.clear()
-        sign_all(product, [load_signer(repo.key("release"), ask)])
+        sign_all(product, [load_signer(repo.key("release-gw-100"), ask)])
         return tar_bundle(
             tmp_path / "b.tar.gz", {ROLE: product}, {foreign: image.read_bytes()}
         ).read_bytes()
@@ -171,7 +171,7 @@ def _case(server: Server, tmp_path: Path, case: str) -> bytes:
         product.signed.targets[target.path] = replaced
         product.signed.version += 1
         product.signatures.clear()
-        sign_all(product, [load_signer(repo.key("release"), ask)])
+        sign_all(product, [load_signer(repo.key("release-gw-100"), ask)])
         return tar_bundle(
             tmp_path / "b.tar.gz", {ROLE: product}, {target.path: b"evil"}
         ).read_bytes()
@@ -179,7 +179,7 @@ def _case(server: Server, tmp_path: Path, case: str) -> bytes:
         product, target, image = signed_release(repo, tmp_path, "2.0.0")
         product.signed.expires = utcnow() - timedelta(days=1)
         product.signatures.clear()
-        sign_all(product, [load_signer(repo.key("release"), ask)])
+        sign_all(product, [load_signer(repo.key("release-gw-100"), ask)])
         return tar_bundle(
             tmp_path / "b.tar.gz", {ROLE: product}, {target.path: image.read_bytes()}
         ).read_bytes()
@@ -195,7 +195,7 @@ def _case(server: Server, tmp_path: Path, case: str) -> bytes:
         product, target, image = signed_release(repo, tmp_path, "2.0.0")
         target.unrecognized_fields["custom"] = FirmwareInfo(HW, "3.0.0").to_custom()
         product.signatures.clear()
-        sign_all(product, [load_signer(repo.key("release"), ask)])
+        sign_all(product, [load_signer(repo.key("release-gw-100"), ask)])
         return tar_bundle(
             tmp_path / "b.tar.gz", {ROLE: product}, {target.path: image.read_bytes()}
         ).read_bytes()
@@ -223,7 +223,7 @@ def _older(repo: Repository, tmp_path: Path) -> bytes:
     product_copy.signed.targets[path] = target
     product_copy.signed.version += 1
     product_copy.signatures.clear()
-    sign_all(product_copy, [load_signer(repo.key("release"), ask)])
+    sign_all(product_copy, [load_signer(repo.key("release-gw-100"), ask)])
     return tar_bundle(tmp_path / "b.tar.gz", {ROLE: product_copy}, {path: b"old"}).read_bytes()
 
 
@@ -322,7 +322,7 @@ def test_new_product_line_and_its_first_release_in_one_bundle(
     repo = server.repo
     state = repo.state()
     targets = add_product_line(
-        state.targets, "gw-200", [repo.key("release").key], 1, utcnow(), repo.expiry
+        state.targets, "gw-200", [repo.key("release-gw-100").key], 1, utcnow(), repo.expiry
     )
     sign_all(targets, [load_signer(repo.key("targets"), ask)])
     image = tmp_path / "gw200.img"
@@ -332,7 +332,7 @@ def test_new_product_line_and_its_first_release_in_one_bundle(
     product, target = add_release(
         product, image, FirmwareInfo("gw-200", "1.0.0"), utcnow(), repo.expiry
     )
-    sign_all(product, [load_signer(repo.key("release"), ask)])
+    sign_all(product, [load_signer(repo.key("release-gw-100"), ask)])
     out = tmp_path / "gw200.tar.gz"
     write_bundle(out, roles={"firmware-gw-200": product}, blobs=[(target, image)], targets=targets)
     response = server.upload(out)
