@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ from signing import (
     offline_key_findings,
     product_key_name,
     sign_all,
+    write_public_key,
 )
 from tufota_core import (
     InputError,
@@ -145,6 +146,14 @@ def make_storage(path: Path, config: RepoConfig, limits: ServerLimits | None = N
         kms_key_id=config.s3_kms_key_id or None,
         limits=limits,
     )
+
+
+def _absolute_uri(key: KeyFile) -> str:
+    """``key``'s signer URI with a relative ``encfile:`` path made absolute (it moves to REPO)."""
+    scheme, _, rest = key.uri.partition(":")
+    if scheme == "encfile" and not rest.startswith("/"):
+        return f"encfile:{(key.path.parent / rest).resolve()}"
+    return key.uri
 
 
 class Repository:
@@ -237,6 +246,7 @@ class Repository:
         server_url: str | None = None,
         storage: RepoConfig | None = None,
         signing_dir: Path | None = None,
+        online_keys: Mapping[str, KeyFile] | None = None,
     ) -> Repository:
         """Create online keys in ``path``, offline keys in the signing directory, v1 metadata.
 
@@ -249,6 +259,10 @@ class Repository:
                 storage; None keeps the served tree in ``path/public``.
             signing_dir: where root and targets keys go (default
                 ``REPO-signing``); never inside ``path``.
+            online_keys: existing keys to use as ``online`` (snapshot and
+                timestamp) and/or ``rollouts`` instead of new key files, by
+                signer URI: an ``awskms:`` key lets several servers share one
+                online key without copying a private key file.
 
         Raises:
             InputError: a directory exists and is not empty, the signing
@@ -281,8 +295,12 @@ class Repository:
             )
             make_storage(path, config)  # validate the options before making keys
         # Every passphrase before the first write: a missing one changes nothing.
+        given = dict(online_keys or {})
+        unknown = set(given) - set(ONLINE_INIT_KEYS)
+        if unknown:
+            raise InputError(f"online keys are {', '.join(ONLINE_INIT_KEYS)}, not {unknown}")
         homes = dict.fromkeys(OFFLINE_INIT_KEYS, signing)
-        homes.update(dict.fromkeys(ONLINE_INIT_KEYS, path / "keys"))
+        homes.update(dict.fromkeys(set(ONLINE_INIT_KEYS) - set(given), path / "keys"))
         secrets = {
             name: passphrase
             if isinstance(passphrase, str)
@@ -306,10 +324,16 @@ class Repository:
                 )
                 for name, home in homes.items()
             }
+            for name, key in given.items():
+                keys[name] = write_public_key(
+                    repo.keys_dir / f"{name}.pub", key.key, _absolute_uri(key)
+                )
             now = utcnow()
 
             def ask_for(name: str) -> Passphrase:
-                return lambda: secrets[name]
+                if name in secrets:
+                    return lambda: secrets[name]
+                return passphrase if not isinstance(passphrase, str) else lambda: passphrase
 
             root = new_root(
                 [keys["root"].key], 1, [keys["targets"].key], keys["online"].key, now, repo.expiry

@@ -242,7 +242,6 @@ class _Verifier:
                         snap_key,
                         f"does not list {name}.json, delegated by {parent_name}: devices "
                         f"searching {', '.join(role.paths or [])} will fail",
-                        "warning",
                     )
                     continue
                 key = metadata_key(name, meta.version)

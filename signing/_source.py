@@ -14,6 +14,8 @@ metadata cache, which holds only metadata ngclient verified.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,47 @@ from tufota_core import (
 )
 
 _DIR_SCHEME = "tufota-dir:"
+_CHAIN_LIMIT = 20
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a download error, in a few words ("Connection refused")."""
+    found = str(error)
+    current: BaseException | None = error
+    for _ in range(_CHAIN_LIMIT):
+        if current is None:
+            break
+        if isinstance(current, OSError) and current.strerror:
+            found = current.strerror
+        elif str(current):
+            found = str(current)
+        reason = getattr(current, "reason", None)
+        current = (
+            reason
+            if isinstance(reason, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+    return " ".join(found.split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def _no_retry_chatter() -> Iterator[None]:
+    """urllib3 logs each retry at WARNING; the one-line error says it all (``-v`` keeps them)."""
+    log = logging.getLogger("urllib3")
+    level = log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def metadata_directory(directory: Path) -> Path:
+    """``directory``, or its ``metadata/`` when given a copy of the whole ``public/`` tree."""
+    if not (directory / "timestamp.json").is_file() and (directory / "metadata").is_dir():
+        return directory / "metadata"
+    return directory
 
 
 @dataclass
@@ -65,7 +108,8 @@ def fetch_current(source: str, trusted_root: bytes, hardware_id: str | None) -> 
 
     Args:
         source: ``https://server`` (``/metadata/`` is appended unless present)
-            or a local directory holding the repository's metadata files.
+            or a local directory holding the repository's metadata files (or
+            a copy of ``public/``, whose ``metadata/`` is used).
         trusted_root: Bytes of the root the caller trusts.
         hardware_id: Also load this product line's role (None: only targets).
 
@@ -84,9 +128,9 @@ def fetch_current(source: str, trusted_root: bytes, hardware_id: str | None) -> 
         directory = Path(source)
         if not directory.is_dir():
             raise NotFoundError(f"metadata directory {directory} does not exist")
-        fetcher = _DirectoryFetcher(directory)
+        fetcher = _DirectoryFetcher(metadata_directory(directory))
         base = f"{_DIR_SCHEME}/"
-    with tempfile.TemporaryDirectory(prefix="tufota-metadata-") as work:
+    with tempfile.TemporaryDirectory(prefix="tufota-metadata-") as work, _no_retry_chatter():
         try:
             updater = Updater(
                 metadata_dir=work,
@@ -103,7 +147,7 @@ def fetch_current(source: str, trusted_root: bytes, hardware_id: str | None) -> 
                 # The delegation walk loads (and verifies) the product line's role.
                 updater.get_targetinfo(f"firmware/{hardware_id}/0.0.0/probe")
         except tuf_exceptions.DownloadError as e:
-            raise TransportError(f"cannot fetch metadata from {source}: {e}") from e
+            raise TransportError(f"cannot fetch metadata from {source}: {_reason(e)}") from e
         except (tuf_exceptions.RepositoryError, ValueError) as e:
             raise VerificationError(f"metadata from {source} does not verify: {e}") from e
         except OSError as e:

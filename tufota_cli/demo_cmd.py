@@ -12,6 +12,11 @@ loopback, and N simulated devices running the real agent code over real HTTP
    ``critical`` preset; every device ends on 1.1.1, the rollout completes and
    the patch status shows no exposure left.
 
+The workspace follows the key custody layout (docs/decisions/0008):
+``repo/`` is the server's (online keys only) and ``repo-signing/`` holds the
+root, targets and gw-100 keys. Every key has its own random passphrase; the
+server is given only the online keys' passphrases.
+
 The exit status is 0 only when every device ended on 1.1.1 and the first
 rollout paused as it should.
 """
@@ -34,10 +39,12 @@ from repo_server import (
     Repository,
     ServerContext,
     ServerThread,
+    TokenStore,
     add_release_locally,
     create_app,
     release_catalog,
 )
+from signing import KeyPassphrases, passphrase_env_name, product_key_name
 from staging import AlertSettings, SinkSpec, build_plan
 from tufota_cli._common import table
 from tufota_cli.repo_cmds import build_context
@@ -119,13 +126,23 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
         for name in ("device_agent", "staging", "repo_server", "tufota_cli.simulate_cmd"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("staging.alerts").setLevel(logging.ERROR)
-    passphrase = secrets.token_urlsafe(16)
+    # A passphrase per key; the server gets only the online keys' ones.
+    offline = {
+        passphrase_env_name(Path(f"{name}.key")): secrets.token_urlsafe(16)
+        for name in ("root", "targets", product_key_name(HARDWARE))
+    }
+    online = {
+        passphrase_env_name(Path(f"{name}.key")): secrets.token_urlsafe(16)
+        for name in ("online", "rollouts")
+    }
+    release_engineer = KeyPassphrases(env={**offline, **online})
+    server_side = KeyPassphrases(env=online)
 
-    def ask() -> str:
-        return passphrase
-
-    _step(f"creating repository in {workspace / 'repo'}")
-    repo = Repository.create(workspace / "repo", passphrase)
+    _step(
+        f"creating repository in {workspace / 'repo'} (server: online keys only) and "
+        f"{workspace / 'repo-signing'} (root, targets, product-line keys)"
+    )
+    repo = Repository.create(workspace / "repo", release_engineer)
     firmware = workspace / "firmware"
     firmware.mkdir()
     releases: list[tuple[str, dict[str, Any]]] = [
@@ -137,11 +154,11 @@ def _run(args: argparse.Namespace, workspace: Path) -> int:
         image = firmware / f"gw-100-{version}.img"
         image.write_bytes(f"tufota demo image {version}\n".encode() * 4096)
         info = FirmwareInfo(hardware_id=HARDWARE, version=version, **extra)
-        result = add_release_locally(repo, image, info, ask)
+        result = add_release_locally(repo, image, info, release_engineer)
         _step(f"signed and published {result.target_path} ({result.length} bytes)")
 
     receiver = WebhookReceiver()
-    ctx = build_context(repo, ask, tick_interval=0.3)
+    ctx = build_context(repo, server_side, tick_interval=0.3)
     ctx.store.set_alert_settings(
         AlertSettings(sinks=(SinkSpec("ops-webhook", "webhook", url=receiver.url),))
     )
@@ -291,7 +308,9 @@ def _summary(
         f"{time.monotonic() - started:.1f}s"
     )
     if args.serve:
-        print(f"server running at {server.url}  (Ctrl-C to stop)", flush=True)
+        token = TokenStore(repo.tokens_path).create("demo-operator", "operator")
+        print(f"dashboard: {server.url}/dashboard  (Ctrl-C to stop)")
+        print(f"operator token (the dashboard's 'Sign in'): {token}", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -26,6 +26,7 @@ from signing import (
     KeyPassphrases,
     default_signing_dir,
     passphrase_env_name,
+    resolve_key_file,
 )
 from tufota_cli._common import passphrase_source
 from tufota_core import InputError
@@ -76,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="where root and targets keys go, outside REPO (default: REPO-signing beside REPO)",
     )
+    for role, text in (("online", "snapshot and timestamp"), ("rollouts", "rollout documents")):
+        p.add_argument(
+            f"--{role}-key",
+            default=None,
+            metavar="NAME.pub",
+            help=f"an existing key for {text} by signer URI, e.g. from 'tufota key import-kms' "
+            "(default: a new encrypted key file in REPO/keys)",
+        )
     p.add_argument(
         "--server-url",
         default=None,
@@ -150,8 +159,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.repo)
     signing_dir = Path(args.signing_dir) if args.signing_dir else default_signing_dir(path)
     passphrases = passphrase_source(confirm=True)
-    shared = _shared_passphrases(passphrases, path, signing_dir)
-    repo = Repository.create(path, passphrases, args.server_url, storage, signing_dir)
+    shared = _shared_passphrases(
+        passphrases,
+        path,
+        signing_dir,
+        {"online": args.online_key or "", "rollouts": args.rollouts_key or ""},
+    )
+    online_keys = {
+        role: resolve_key_file(Path(value))
+        for role, value in (("online", args.online_key), ("rollouts", args.rollouts_key))
+        if value
+    }
+    repo = Repository.create(path, passphrases, args.server_url, storage, signing_dir, online_keys)
     state = repo.state()
     print(f"created repository {repo.path}")
     if args.storage:
@@ -174,9 +193,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_passphrases(passphrases: KeyPassphrases, path: Path, signing_dir: Path) -> str:
+def _shared_passphrases(
+    passphrases: KeyPassphrases, path: Path, signing_dir: Path, online_keys: dict[str, str]
+) -> str:
     """Offline keys whose passphrase an online key also uses ("" when none)."""
-    online = {passphrases.for_key(path / "keys" / f"{n}.key") for n in ("online", "rollouts")}
+    online = {
+        passphrases.for_key(path / "keys" / f"{n}.key")
+        for n in ("online", "rollouts")
+        if not online_keys.get(n)
+    }
     offline = [
         n for n in ("root", "targets") if passphrases.for_key(signing_dir / f"{n}.key") in online
     ]
