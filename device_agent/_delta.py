@@ -1,0 +1,357 @@
+"""Apply a ``tufota-delta/1`` delta on the device: stream from the active slot into a new image.
+
+The applier is a verifier: it always either produces an image whose length
+and SHA-256 equal the *signed full image's* or raises an error with a
+specific code, and leaves no file at ``dest``. Deciding whether to try a
+delta and falling back to the full image is the orchestrator's job.
+
+Steps (each failure has its own report code):
+
+1. The signed delta info must name this device's hardware line and the very
+   full image being installed (``delta_wrong_hardware``, ``delta_result_mismatch``).
+2. The source file (the active slot) must have the signed source length and
+   SHA-256, hashed here, never assumed (``delta_source_mismatch``).
+3. The delta header must repeat the signed source and result facts
+   (``delta_source_mismatch`` / ``delta_result_mismatch``) and be well formed
+   (``delta_malformed``).
+4. Operations are replayed with the output capped at the signed result
+   length: more output, or bytes left over in a stream, is ``delta_too_long``;
+   a stream that ends early is ``delta_truncated``.
+5. The output's length and SHA-256 must equal the signed full image's
+   (``delta_result_mismatch``); only then is it renamed to ``dest``.
+
+Memory is bounded by ``DeltaLimits``: one chunk of each stream, the source
+chunk and the output chunk, plus xz decoders capped at ``memlimit`` each.
+Only the standard library is used (lzma, hashlib).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tufota_core import InstallError, VerificationError
+from tufota_core._delta import (
+    DELTA_HEADER,
+    DELTA_MAGIC,
+    OP_ADD,
+    OP_COPY,
+    OP_END,
+    OP_INSERT,
+    DeltaInfo,
+    unzigzag,
+)
+
+DELTA_MALFORMED = "delta_malformed"
+DELTA_SOURCE_MISMATCH = "delta_source_mismatch"
+DELTA_RESULT_MISMATCH = "delta_result_mismatch"
+DELTA_TRUNCATED = "delta_truncated"
+DELTA_TOO_LONG = "delta_too_long"
+DELTA_WRONG_HARDWARE = "delta_wrong_hardware"
+
+
+@dataclass(frozen=True)
+class DeltaLimits:
+    """Bounds of delta application, with safe defaults.
+
+    Attributes:
+        chunk_size: Bytes handled per step (source read, diff add, write).
+        memlimit: Most memory one xz stream decoder may use; a delta that
+            needs more is refused as malformed.
+        fsync: Flush the reconstructed image to stable storage before the rename.
+    """
+
+    chunk_size: int = 1024 * 1024
+    memlimit: int = 16 * 1024 * 1024
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """A verified reconstruction: ``length`` bytes hashing to ``sha256`` at ``path``."""
+
+    path: Path
+    length: int
+    sha256: str
+    delta_length: int
+
+
+def _error(code: str, message: str) -> VerificationError:
+    return VerificationError(message, code=code)
+
+
+class _Stream:
+    """Decompresses one xz section of the delta file in bounded memory."""
+
+    def __init__(self, f: IO[bytes], offset: int, length: int, name: str, limits: DeltaLimits):
+        self._f = f
+        self._pos = offset
+        self._left = length
+        self._name = name
+        self._chunk = limits.chunk_size
+        self._decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=limits.memlimit)
+        self._buffer = b""
+
+    def _more(self, want: int) -> bytes:
+        try:
+            if self._decoder.eof:
+                return b""
+            if not self._decoder.needs_input:
+                return self._decoder.decompress(b"", max_length=want)
+            if not self._left:
+                return b""
+            self._f.seek(self._pos)
+            data = self._f.read(min(self._chunk, self._left))
+            if not data:
+                raise _error(DELTA_TRUNCATED, f"delta file ends inside its {self._name} stream")
+            self._pos += len(data)
+            self._left -= len(data)
+            return self._decoder.decompress(data, max_length=want)
+        except lzma.LZMAError as e:
+            raise _error(DELTA_MALFORMED, f"delta {self._name} stream is corrupt: {e}") from e
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or raise ``delta_truncated``."""
+        parts = [self._buffer[:n]]
+        got = len(parts[0])
+        self._buffer = self._buffer[n:]
+        while got < n:
+            data = self._more(n - got)
+            if not data:
+                if self._decoder.eof or (self._decoder.needs_input and not self._left):
+                    raise _error(DELTA_TRUNCATED, f"delta {self._name} stream ends early")
+                continue
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    def byte(self) -> int:
+        return self.read(1)[0]
+
+    def varint(self) -> int:
+        value = shift = 0
+        for _ in range(10):
+            b = self.byte()
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+        raise _error(DELTA_MALFORMED, f"delta {self._name} stream has an over-long number")
+
+    def finish(self) -> None:
+        """The stream must be complete, with nothing after its end."""
+        if self._buffer:
+            raise _error(DELTA_TOO_LONG, f"delta {self._name} stream has bytes left over")
+        while not self._decoder.eof:
+            data = self._more(1)
+            if data:
+                raise _error(DELTA_TOO_LONG, f"delta {self._name} stream has bytes left over")
+            if self._decoder.needs_input and not self._left:
+                raise _error(DELTA_TRUNCATED, f"delta {self._name} stream ends early")
+        if self._left or self._decoder.unused_data:
+            raise _error(DELTA_TOO_LONG, f"delta {self._name} section has data after its stream")
+
+
+class _Adder:
+    """Bytewise addition mod 256 of two equal-length byte strings, in C via big integers.
+
+    Per byte, (a + b) mod 256 = ((a & 0x7f) + (b & 0x7f)) ^ ((a ^ b) & 0x80): the
+    low seven bits cannot carry past bit 7, so whole chunks add at once.
+    """
+
+    def __init__(self) -> None:
+        self._masks: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, a: bytes, b: bytes) -> bytes:
+        n = len(a)
+        if not b.strip(b"\0"):
+            return a
+        masks = self._masks.get(n)
+        if masks is None:
+            masks = (int.from_bytes(b"\x7f" * n, "little"), int.from_bytes(b"\x80" * n, "little"))
+            if len(self._masks) < 4:
+                self._masks[n] = masks
+        low, high = masks
+        x, y = int.from_bytes(a, "little"), int.from_bytes(b, "little")
+        return (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
+
+
+def _hash_source(source: Path, chunk: int) -> tuple[int, str]:
+    h = hashlib.sha256()
+    length = 0
+    with open(source, "rb") as f:
+        while data := f.read(chunk):
+            h.update(data)
+            length += len(data)
+    return length, h.hexdigest()
+
+
+def check_delta_info(
+    info: DeltaInfo,
+    *,
+    hardware_id: str,
+    result_target: str,
+    result_length: int,
+    result_sha256: str,
+) -> None:
+    """The signed delta must belong to this hardware line and rebuild this full image.
+
+    Raises:
+        VerificationError: ``delta_wrong_hardware`` or ``delta_result_mismatch``.
+    """
+    if info.hardware_id != hardware_id or not result_target.startswith(f"firmware/{hardware_id}/"):
+        raise _error(
+            DELTA_WRONG_HARDWARE,
+            f"delta is for hardware {info.hardware_id!r}, this device is {hardware_id!r}",
+        )
+    if (info.result_target, info.result_length, info.result_sha256) != (
+        result_target,
+        result_length,
+        result_sha256,
+    ):
+        raise _error(
+            DELTA_RESULT_MISMATCH, f"delta does not rebuild the signed image {result_target}"
+        )
+
+
+def apply_delta(
+    info: DeltaInfo,
+    source: Path,
+    delta: Path,
+    dest: Path,
+    *,
+    hardware_id: str,
+    result_target: str,
+    result_length: int,
+    result_sha256: str,
+    limits: DeltaLimits | None = None,
+) -> ApplyResult:
+    """Rebuild the signed full image ``result_target`` at ``dest`` from ``source`` and ``delta``.
+
+    ``info`` is the delta target's signed custom field; ``result_*`` come
+    from the signed full image's target info, never from the delta.
+
+    Raises:
+        VerificationError: with one of the ``DELTA_*`` codes; ``dest`` is untouched.
+        InstallError: the image could not be written.
+    """
+    limits = limits or DeltaLimits()
+    check_delta_info(
+        info,
+        hardware_id=hardware_id,
+        result_target=result_target,
+        result_length=result_length,
+        result_sha256=result_sha256,
+    )
+    try:
+        src_length, src_sha256 = _hash_source(source, limits.chunk_size)
+    except OSError as e:
+        raise _error(DELTA_SOURCE_MISMATCH, f"cannot read the active image: {e}") from e
+    if (src_length, src_sha256) != (info.source_length, info.source_sha256):
+        raise _error(
+            DELTA_SOURCE_MISMATCH,
+            f"the active image is not the delta's source {info.source_version}",
+        )
+    part = dest.with_name(dest.name + ".delta-part")
+    try:
+        with open(delta, "rb") as d, open(source, "rb") as src, open(part, "wb") as out:
+            delta_length = os.fstat(d.fileno()).st_size
+            length, sha256 = _replay(
+                d, delta_length, src, src_length, out, info, result_length, limits
+            )
+            out.flush()
+            if limits.fsync:
+                os.fsync(out.fileno())
+        if length != result_length:
+            raise _error(DELTA_TRUNCATED, f"delta rebuilt {length} of {result_length} bytes")
+        if sha256 != result_sha256:
+            raise _error(
+                DELTA_RESULT_MISMATCH,
+                f"delta output does not hash to the signed image {result_target}",
+            )
+        os.replace(part, dest)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise InstallError(f"cannot apply delta: {e}", code="install_failed") from e
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return ApplyResult(dest, length, sha256, delta_length)
+
+
+def _replay(
+    d: IO[bytes],
+    delta_length: int,
+    src: IO[bytes],
+    src_length: int,
+    out: IO[bytes],
+    info: DeltaInfo,
+    result_length: int,
+    limits: DeltaLimits,
+) -> tuple[int, str]:
+    header = d.read(DELTA_HEADER.size)
+    if len(header) != DELTA_HEADER.size:
+        raise _error(DELTA_TRUNCATED, "delta file is shorter than its header")
+    magic, h_src_len, h_src_sha, h_res_len, h_res_sha, ops_len, diff_len, extra_len = (
+        DELTA_HEADER.unpack(header)
+    )
+    if magic != DELTA_MAGIC:
+        raise _error(DELTA_MALFORMED, "file is not a tufota-delta/1 delta")
+    if (h_src_len, h_src_sha.hex()) != (info.source_length, info.source_sha256):
+        raise _error(DELTA_SOURCE_MISMATCH, "delta was made from another source image")
+    if (h_res_len, h_res_sha.hex()) != (result_length, info.result_sha256):
+        raise _error(DELTA_RESULT_MISMATCH, "delta was made for another result image")
+    body = delta_length - DELTA_HEADER.size
+    if ops_len + diff_len + extra_len > body:
+        raise _error(DELTA_TRUNCATED, "delta file is shorter than its sections")
+    if ops_len + diff_len + extra_len < body:
+        raise _error(DELTA_TOO_LONG, "delta file has data after its sections")
+    base = DELTA_HEADER.size
+    ops = _Stream(d, base, ops_len, "ops", limits)
+    diff = _Stream(d, base + ops_len, diff_len, "diff", limits)
+    extra = _Stream(d, base + ops_len + diff_len, extra_len, "extra", limits)
+    add = _Adder()
+    h = hashlib.sha256()
+    written = cursor = 0
+    chunk = limits.chunk_size
+    while True:
+        op = ops.byte()
+        if op == OP_END:
+            break
+        if op in (OP_COPY, OP_ADD):
+            offset = cursor + unzigzag(ops.varint())
+            length = ops.varint()
+            if offset < 0 or length < 1 or offset + length > src_length:
+                raise _error(DELTA_MALFORMED, "delta reads outside the source image")
+            cursor = offset + length
+        elif op == OP_INSERT:
+            length = ops.varint()
+            if length < 1:
+                raise _error(DELTA_MALFORMED, "delta has an empty operation")
+        else:
+            raise _error(DELTA_MALFORMED, f"delta has unknown operation {op:#x}")
+        if written + length > result_length:
+            raise _error(DELTA_TOO_LONG, "delta writes more than the signed image length")
+        done = 0
+        while done < length:
+            n = min(chunk, length - done)
+            if op == OP_INSERT:
+                data = extra.read(n)
+            else:
+                src.seek(offset + done)
+                data = src.read(n)
+                if len(data) != n:
+                    raise _error(DELTA_SOURCE_MISMATCH, "the active image changed while read")
+                if op == OP_ADD:
+                    data = add(data, diff.read(n))
+            out.write(data)
+            h.update(data)
+            done += n
+        written += length
+    for stream in (ops, diff, extra):
+        stream.finish()
+    return written, h.hexdigest()
