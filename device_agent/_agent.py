@@ -30,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import threading
@@ -532,20 +533,27 @@ class Agent:
                 config.budget_period,
                 config.limits.budget_save_bytes,
             )
-        bar: Any = None
-        if config.progress == "auto" and sys.stderr.isatty():
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="firmware")
+        bar = progress_bar(total, sys.stderr) if config.progress == "auto" else None
         step = config.progress_step
         next_report = [0]
+        last_report = [time.monotonic()]
 
         def progress(done: int, size: int) -> None:
             if bar is not None:
                 bar.update(done - bar.n)
-            if step and size and done < size and done * 100 >= next_report[0] * size:
+            if not size or done >= size:
+                return
+            now = time.monotonic()
+            stepped = step and done * 100 >= next_report[0] * size
+            # A heartbeat at least every heartbeat_interval, so a slow download
+            # never looks silent to the server.
+            if stepped or now - last_report[0] >= config.heartbeat_interval:
                 percent = done * 100 // size
-                if next_report[0]:  # the "downloading" report already said 0 %
+                if next_report[0] or not stepped:  # "downloading" already said 0 %
                     self._progress_report(done, size, f"{percent}% downloaded")
-                next_report[0] = (percent // step + 1) * step
+                    last_report[0] = now
+                if step:
+                    next_report[0] = (percent // step + 1) * step
 
         def close() -> None:
             if bar is not None:
@@ -590,6 +598,7 @@ class Agent:
             target_sha256=None,
             pending_error=None,
         )
+        self._flush()  # the server sees "downloading" now, not at the first progress step
         downloader, close = self._downloader(source, info.length)
         try:
             result = client.download(info, dest, downloader)
@@ -601,6 +610,10 @@ class Agent:
         except VerificationError as e:
             client.clean_downloads()
             return self._refuse(doc, e)
+        except InstallError as e:  # disk_full: the partial stays for the next attempt
+            logger.error("download stopped (%s): %s", e.code, e)
+            self._refuse(doc, e, keep_state=True)
+            return self._result(ACTION_FAILED, error_code=e.code, message=str(e), backoff=True)
         finally:
             close()
         logger.info(
@@ -689,6 +702,34 @@ class Agent:
         )
 
 
+_FALLBACK_SIZE = os.terminal_size((80, 24))
+
+
+def progress_bar(total: int, stream: Any) -> tqdm[Any] | None:
+    """A tqdm bar on ``stream`` when it is a terminal, else None.
+
+    Serial consoles often report a 0x0 size, on which tqdm draws nothing (it
+    takes the 0 rows as "no room for any bar"): the bar then gets a fixed
+    80x24 terminal.
+    """
+    try:
+        if not stream.isatty():
+            return None
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="firmware",
+        file=stream,
+        ncols=size.columns if size.columns > 0 else _FALLBACK_SIZE.columns,
+        nrows=size.lines if size.lines > 0 else _FALLBACK_SIZE.lines,
+    )
+
+
 def run_agent_loop(
     config: AgentConfig,
     *,
@@ -702,20 +743,38 @@ def run_agent_loop(
     the server is unreachable or refuses the device the wait doubles up to
     ``max_backoff_factor`` times the interval. After a cycle that installed an
     image the next cycle starts at once: with the A/B simulator, that cycle is
-    the "reboot" that boots and health-checks the new image.
+    the "reboot" that boots and health-checks the new image. The first cycle
+    runs as soon as the loop starts.
+
+    A cycle that raises (a local problem: a full disk, a corrupt state file,
+    a missing key) is logged and retried with backoff; the loop never exits
+    because of one, except with ``once``.
 
     Returns:
         The last cycle's result.
 
     Raises:
-        TufotaError: a local problem ``Agent.run_once`` raises.
+        TufotaError, OSError: with ``once``, a local problem ``Agent.run_once`` raises.
     """
     stop = stop or threading.Event()
     rng = random.SystemRandom()
     factor = 1
     with Agent(config) as agent:
         while True:
-            result = agent.run_once()
+            try:
+                result = agent.run_once()
+            except (TufotaError, OSError) as e:
+                if once:
+                    raise
+                logger.error("update cycle failed: %s; retrying with backoff", e)
+                result = CycleResult(
+                    state=agent._state.state,
+                    action=ACTION_FAILED,
+                    installed_version=None,
+                    error_code=getattr(e, "code", None),
+                    message=str(e),
+                    backoff=True,
+                )
             if on_cycle is not None:
                 on_cycle(result)
             if once or stop.is_set():

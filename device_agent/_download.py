@@ -37,6 +37,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import io
@@ -59,6 +60,7 @@ from device_agent import _faults
 from device_agent._config import AgentLimits
 from device_agent._errors import (
     DATA_BUDGET_EXHAUSTED,
+    DISK_FULL,
     DOWNLOAD_FAILED,
     FIRMWARE_INFO_INVALID,
     SERVER_UNREACHABLE,
@@ -69,7 +71,7 @@ from device_agent._errors import (
 )
 from device_agent._fs import atomic_write_json, fsync_dir, read_json
 from device_agent._pace import DataBudget, StallGuard, Throttle
-from tufota_core import RepositoryError, TransportError, VerificationError
+from tufota_core import InstallError, RepositoryError, TransportError, VerificationError
 
 logger = logging.getLogger(__name__)
 
@@ -497,6 +499,8 @@ class Downloader:
             TransportError: ``server_unreachable``, ``download_failed``,
                 ``slow_retrieval`` or ``data_budget_exhausted`` (the partial is kept
                 when resuming is on).
+            InstallError: ``disk_full`` (no space, quota or file size limit); the
+                partial is kept, so a later attempt resumes after what was written.
             RepositoryError: the local disk cannot be written.
         """
         hashers_for(expected)  # unsupported algorithm: fail before any I/O
@@ -582,12 +586,26 @@ class Downloader:
                     if not self._resume:
                         self._discard(part, meta)
                     raise
-                except BaseException:
-                    self._discard(part, meta)
+                except BaseException as e:
+                    if not is_disk_full(e):
+                        self._discard(part, meta)
+                        raise
+                    # Keep what was written: the next attempt resumes after it.
+                    with contextlib.suppress(OSError):
+                        writer.sync()
                     raise
                 writer.sync()
                 digests = pipeline.finish()
         except OSError as e:
+            if is_disk_full(e):
+                kept = part.stat().st_size if part.exists() else 0
+                raise coded(
+                    InstallError(
+                        f"cannot write {part}: the disk is full ({e.strerror}); "
+                        f"{kept} bytes kept, the download resumes there"
+                    ),
+                    DISK_FULL,
+                ) from e
             raise RepositoryError(f"cannot write {part}: {e}") from e
         finally:
             opened.close()
@@ -645,6 +663,9 @@ class Downloader:
             want = total - done + 1
             if budget is not None:
                 want = min(want, max(budget.remaining, 1))
+            if self._rate:
+                # Small reads under a cap, so the pace (and a progress bar) is even.
+                want = min(want, max(self._rate // 4, 1))
             n = readinto(buffer[:want] if len(buffer) > want else buffer)
             if not n:
                 pipeline.release(index)
@@ -661,11 +682,13 @@ class Downloader:
             _faults.point("download.chunk")
             if budget is not None:
                 budget.charge(n)
-            if progress is not None:
-                progress(done, total)
             if (slow := guard.account(n)) is not None:
                 raise coded(TransportError(f"{url} is too slow: {slow}"), SLOW_RETRIEVAL)
             throttle.account(n)
+            # After the throttle's pause: progress says what is written, at the
+            # moment the capped rate allows it, so 100% means the transfer ended.
+            if progress is not None:
+                progress(done, total)
             if budget is not None and budget.remaining <= 0 and done < total:
                 raise coded(
                     TransportError(
@@ -681,6 +704,15 @@ class Downloader:
                 TARGET_LENGTH_MISMATCH,
             )
         return fetched
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for the write errors that mean "no room": no space, quota, file size limit."""
+    return isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+    )
 
 
 @contextlib.contextmanager

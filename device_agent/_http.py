@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 import requests
-import requests.certs
+import requests.utils
 from tuf.api import exceptions as tuf_exceptions
 from tuf.ngclient.fetcher import FetcherInterface
 
@@ -223,7 +223,7 @@ def _proxy_for(scheme: str, host: str) -> tuple[str, int, str | None] | None:
     """The environment's http:// proxy for ``scheme`` (host, port, basic credentials), if any."""
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme)
-    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+    if not proxy or urllib.request.proxy_bypass(host):
         return None
     parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     if parsed.scheme != "http" or not parsed.hostname:
@@ -263,7 +263,7 @@ class ReportSender:
                 self._ca
                 or os.environ.get("REQUESTS_CA_BUNDLE")
                 or os.environ.get("CURL_CA_BUNDLE")
-                or requests.certs.where()
+                or requests.utils.DEFAULT_CA_BUNDLE_PATH
             )
             self._context = ssl.create_default_context(cafile=cafile)
         return self._context
