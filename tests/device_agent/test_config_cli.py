@@ -95,7 +95,7 @@ _BASE = '[device]\nid = "d"\nhardware_id = "gw"\n[server]\nurl = "http://x"\n'
         ('[policy]\nmin_version = "one"\n', "policy.min_version: "),
         ('[policy]\nmaintenance_window = "Sat 2-4"\n', "policy.maintenance_window: "),
     ],
-    ids=["kidn", "donwload", "intreval", "far-section", "duration", "long", "zero", "min", "window"],
+    ids=["kidn", "donwload", "intreval", "far", "duration", "long", "zero", "min", "window"],
 )
 def test_unknown_names_and_bad_values_name_the_file_once_and_the_closest_key(
     tmp_path: Path, extra: str, message: str

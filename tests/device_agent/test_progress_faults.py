@@ -24,9 +24,9 @@ from device_agent import (
     ACTION_REBOOTING,
     AgentLimits,
     CycleResult,
+    _faults,
     run_agent_loop,
 )
-from device_agent import _faults
 from device_agent._download import Downloader, Expected, HttpSource
 from tests.device_agent.conftest import Env
 
