@@ -2,10 +2,13 @@
 
 Commands::
 
-    tufota-agent run --config PATH [--once] [-v]
-    tufota-agent status --config PATH [--json] [-v]
-    tufota-agent install-bundle DIR --config PATH [-v]
+    tufota-agent [-v] run [--config PATH] [--once] [-v]
+    tufota-agent [-v] status [--config PATH] [--json] [-v]
+    tufota-agent [-v] install-bundle BUNDLE [--config PATH] [-v]
     tufota-agent tuf-client --metadata-dir DIR [...] init|refresh|download
+
+``--config`` defaults to ``$TUFOTA_AGENT_CONFIG``, else ``/etc/tufota/agent.toml``.
+``-v`` is accepted before or after the command.
 
 Exit codes: 0 the cycle completed (nothing to do, installed and reboot
 pending, or update succeeded); 3 the cycle completed but the update was
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,13 +41,15 @@ from device_agent._agent import (
 )
 from device_agent._config import AgentConfig
 from device_agent._tufcli import main as tuf_client_main
-from tufota_core import TufotaError
+from tufota_core import NotFoundError, TufotaError
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UPDATE_PROBLEM = 3
+DEFAULT_CONFIG = Path("/etc/tufota/agent.toml")
+CONFIG_ENV = "TUFOTA_AGENT_CONFIG"
 _EPILOG = (
     "exit codes: 0 cycle completed; 3 update refused, failed, rolled back or server "
     "unreachable (run --once); 1 error; 2 bad usage"
@@ -56,10 +62,18 @@ def _parser() -> argparse.ArgumentParser:
         description="tufota device agent: verify firmware with TUF, install A/B, report.",
         epilog=_EPILOG,
     )
+    verbose_help = "debug logging and tracebacks on errors"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", required=True, type=Path, help="path of agent.toml")
     common.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors"
+        "--config",
+        type=Path,
+        default=None,
+        help=f"path of agent.toml (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+    )
+    # SUPPRESS: a -v given before the command is not reset by the subcommand's default.
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
@@ -85,12 +99,15 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="install an offline update bundle (USB)",
         description=(
-            "Verify an offline bundle (metadata/ and targets/ copied from the repository, "
-            "optional bundle.json naming the target) against the trusted root and install "
-            "its firmware into the inactive slot. Reports are queued for the next online run."
+            "Verify an offline bundle against the trusted root and install its firmware "
+            "into the inactive slot: the .tar.gz/.tgz/.tar that 'tufota release export' "
+            "writes, or a directory copy of the repository's public/ tree (optional "
+            "bundle.json naming the target). Reports are queued for the next online run."
         ),
     )
-    bundle.add_argument("bundle", type=Path, metavar="DIR", help="bundle directory")
+    bundle.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="offline bundle archive or directory"
+    )
     sub.add_parser(
         "tuf-client",
         help="TUF conformance-suite client (see 'tufota-agent tuf-client --help')",
@@ -115,8 +132,28 @@ def _describe(result: CycleResult) -> str:
     return text
 
 
+def _load_config(args: argparse.Namespace) -> AgentConfig:
+    """The agent.toml ``--config`` names, or the default one.
+
+    Raises:
+        NotFoundError: the file does not exist (the message says where the path came from).
+        InputError: it is not a valid agent.toml.
+    """
+    if args.config is not None:
+        return AgentConfig.load(args.config)
+    from_env = os.environ.get(CONFIG_ENV)
+    path = Path(from_env) if from_env else DEFAULT_CONFIG
+    try:
+        return AgentConfig.load(path)
+    except NotFoundError:
+        where = f"${CONFIG_ENV}" if from_env else "the default"
+        raise NotFoundError(
+            f"agent config {path} ({where}) does not exist; pass --config PATH or set {CONFIG_ENV}"
+        ) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = AgentConfig.load(args.config)
+    config = _load_config(args)
     if args.once:
         result = run_agent_loop(config, once=True)
         print(_describe(result))
@@ -167,7 +204,7 @@ def _format_status(status: dict[str, Any]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    config = AgentConfig.load(args.config)
+    config = _load_config(args)
     with Agent(config) as agent:
         status = agent.status()
     if args.json:
@@ -178,7 +215,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_install_bundle(args: argparse.Namespace) -> int:
-    config = AgentConfig.load(args.config)
+    config = _load_config(args)
     with Agent(config) as agent:
         result = agent.install_bundle(args.bundle)
     print(_describe(result))
@@ -196,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # ngclient logs each unused signature of a threshold root at INFO on every
+        # refresh ("No signature for keyid ..."): noise unless debugging.
+        logging.getLogger("tuf").setLevel(logging.WARNING)
+    else:
+        logging.getLogger("tuf").setLevel(logging.NOTSET)
     commands = {"run": _cmd_run, "status": _cmd_status, "install-bundle": _cmd_install_bundle}
     try:
         return commands[args.command](args)

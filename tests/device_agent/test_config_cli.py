@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tomllib
@@ -226,6 +227,78 @@ def test_cli_error_is_one_line_and_exit_1(
     err = capsys.readouterr().err
     assert err.startswith("tufota-agent: error: agent config")
     assert "Traceback" not in err
+
+
+def test_status_without_config_uses_the_documented_default(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TUFOTA_AGENT_CONFIG", str(env.device_dir / "agent.toml"))
+
+    assert main(["status"]) == 0
+    assert f"device     {DEVICE} ({HW})" in capsys.readouterr().out
+
+    monkeypatch.delenv("TUFOTA_AGENT_CONFIG")
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "agent config /etc/tufota/agent.toml (the default) does not exist" in err
+    assert "--config PATH" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-v", "status", "--config", "MISSING"], ["status", "--config", "MISSING", "-v"]],
+    ids=["before", "after"],
+)
+def test_verbose_is_accepted_before_and_after_the_command(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    argv: list[str],
+) -> None:
+    argv = [str(tmp_path / "missing.toml") if a == "MISSING" else a for a in argv]
+
+    assert main(argv) == 1
+
+    assert capsys.readouterr().err.rstrip().endswith("does not exist")
+    # -v: the traceback is logged.
+    assert [r for r in caplog.records if r.exc_info and r.getMessage() == "status failed"]
+
+
+def test_threshold_root_notes_stay_out_of_the_log_and_waves_count_from_one(
+    env: Env, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from securesystemslib.signer import CryptoSigner
+
+    # Root v2 is 2-of-3 and carries two signatures: each refresh notes the third key.
+    extra = [CryptoSigner.generate_ed25519() for _ in range(2)]
+    root = env.repo.root
+    for signer in extra:
+        root.signed.add_key(signer.public_key, "root")
+    root.signed.roles["root"].threshold = 2
+    root.signed.version = 2
+    root.signatures.clear()
+    root.sign(env.repo.signers["root"])
+    root.sign(extra[0], append=True)
+    (env.repo.metadata_dir / "2.root.json").write_bytes(root.to_bytes())
+    env.repo.add_firmware("1.1.0")
+    env.repo.set_rollout("1.1.0")
+    env.repo.publish()
+    config = str(env.device_dir / "agent.toml")
+    caplog.set_level(logging.DEBUG)
+
+    assert main(["run", "--once", "--config", config]) == 0
+    assert main(["run", "--once", "--config", config]) == 0
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "No signature for keyid" in m]
+    assert "update available: wave 1/1 of rollout r-1 offers 1.1.0" in messages
+
+    caplog.clear()
+    assert main(["-v", "status", "--config", config]) == 0
+    assert main(["run", "--once", "--config", config, "-v"]) == 0
+    assert [r for r in caplog.records if "No signature for keyid" in r.getMessage()]
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["status", "--help"]])
