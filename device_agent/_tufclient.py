@@ -22,6 +22,10 @@ Invariants:
   an unknown key), ``metadata_too_large`` (endless data), else
   ``metadata_verification_failed``; bad target bytes -> ``target_hash_mismatch``
   / ``target_length_mismatch``.
+* Expiry is judged by the device's clock, so a ``metadata_expired`` message
+  shows that clock beside the metadata's expiry (when ngclient kept the
+  expired file) and says the clock may be wrong: a device a year ahead sees
+  every repository as frozen.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -65,6 +70,7 @@ from tufota_core import (
     RolloutDoc,
     TransportError,
     VerificationError,
+    format_time,
     rollout_target_path,
 )
 
@@ -167,7 +173,27 @@ class TufClient:
         try:
             self._updater.refresh()
         except _TUF_ERRORS as e:
-            raise _wrap(e, "metadata refresh failed") from e
+            raise self._error(e, "metadata refresh failed") from e
+
+    def _error(self, error: Exception, what: str) -> Exception:
+        """``_wrap``, with the device clock and the expiry in a ``metadata_expired`` message."""
+        if not isinstance(error, tuf_exceptions.ExpiredMetadataError):
+            return _wrap(error, what)
+        text = str(error)
+        expires = None
+        for role in ("root", "timestamp", "snapshot"):
+            if f"{role}.json" in text:
+                # ngclient keeps an expired root, timestamp or snapshot it loaded.
+                with contextlib.suppress(Exception):
+                    expires = getattr(self._updater._trusted_set, role).expires
+        dates = f"expired at {format_time(expires)}, " if expires is not None else ""
+        return coded(
+            VerificationError(
+                f"{what}: {text}: {dates}device clock {format_time(datetime.now(UTC))} "
+                "(the device clock may be wrong: expiry is checked against it)"
+            ),
+            METADATA_EXPIRED,
+        )
 
     def targetinfo(self, path: str) -> TargetFile | None:
         """Verified target info for ``path`` via the delegation walk (spec 5.7), or None.
@@ -178,7 +204,7 @@ class TufClient:
         try:
             return self._updater.get_targetinfo(path)
         except _TUF_ERRORS as e:
-            raise _wrap(e, f"cannot look up target {path}") from e
+            raise self._error(e, f"cannot look up target {path}") from e
 
     def rollout_doc(self) -> RolloutDoc | None:
         """The verified rollout document for this hardware, or None when there is none.

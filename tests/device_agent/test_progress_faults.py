@@ -190,3 +190,24 @@ def test_the_poll_loop_survives_a_failing_cycle_and_backs_off(env: Env) -> None:
 
     assert [r.action for r in seen] == [ACTION_FAILED, ACTION_IDLE]
     assert seen[0].backoff
+
+
+def test_expired_metadata_says_the_device_clock_may_be_wrong(env: Env) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    # What a device whose clock runs a year ahead sees: a root past its expiry.
+    expired = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    env.repo.root.signed.expires = expired
+    env.repo.root.signatures.clear()
+    env.repo.root.sign(env.repo.signers["root"])
+    (env.device_dir / "root.json").write_bytes(env.repo.root.to_bytes())
+
+    result = env.agent().run_once()
+
+    assert result.error_code == "metadata_expired"
+    assert f"expired at {expired:%Y-%m-%dT%H:%M:%SZ}" in result.message
+    assert "device clock 20" in result.message
+    assert "the device clock may be wrong" in result.message
+    failed = env.server.reports[-1]
+    assert (failed.state, failed.error_code) == ("failed", "metadata_expired")
+    assert failed.time  # the device's clock, for the server to compare with its own
