@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from repo_server._devices import device_json, parse_public_key
     from repo_server._devices import register as register_device
     from repo_server._devices import set_status as set_device_status
+    from repo_server._export import OFFLINE_MANIFEST, OfflineExport, export_offline_bundle
     from repo_server._hosts import server_names
     from repo_server._layout import CONFIG_FILE, RepoConfig, Repository, make_storage
     from repo_server._publisher import (
@@ -52,6 +53,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "register_device": ("repo_server._devices", "register"),
     "set_device_status": ("repo_server._devices", "set_status"),
     "server_names": ("repo_server._hosts", "server_names"),
+    "OFFLINE_MANIFEST": ("repo_server._export", "OFFLINE_MANIFEST"),
+    "OfflineExport": ("repo_server._export", "OfflineExport"),
+    "export_offline_bundle": ("repo_server._export", "export_offline_bundle"),
     "CONFIG_FILE": ("repo_server._layout", "CONFIG_FILE"),
     "RepoConfig": ("repo_server._layout", "RepoConfig"),
     "Repository": ("repo_server._layout", "Repository"),
@@ -101,11 +105,13 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CONFIG_FILE",
     "LOCK_KEY",
+    "OFFLINE_MANIFEST",
     "ROLES",
     "SSE_CHOICES",
     "Blob",
     "LocalStorage",
     "ObjectInfo",
+    "OfflineExport",
     "OnlineSigners",
     "Principal",
     "Problem",
@@ -131,6 +137,7 @@ __all__ = [
     "check_tls",
     "create_app",
     "device_json",
+    "export_offline_bundle",
     "is_s3_url",
     "load_state",
     "make_storage",

@@ -270,17 +270,17 @@ class Repository:
             ConflictError: the S3 location already holds a repository.
         """
         signing = signing_dir or default_signing_dir(path)
+        if is_inside(signing, path) or is_inside(path, signing):
+            raise InputError(
+                f"the signing directory {signing} must be outside the repository {path}: "
+                "the server treats everything under REPO as its own"
+            )
         for directory in (path, signing):
             if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
                 raise InputError(f"{directory} already exists and is not empty")
             parent = directory.absolute().parent
             if not parent.is_dir():
                 raise NotFoundError(f"parent directory {parent} does not exist")
-        if is_inside(signing, path) or is_inside(path, signing):
-            raise InputError(
-                f"the signing directory {signing} must be outside the repository {path}: "
-                "the server treats everything under REPO as its own"
-            )
         config = RepoConfig(server_url=server_url) if server_url else RepoConfig()
         if storage is not None and storage.storage:
             config = RepoConfig(

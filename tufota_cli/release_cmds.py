@@ -9,6 +9,9 @@
 * ``verify``: checks a bundle offline against a trusted root.
 * ``upload``: ``POST /api/v1/releases`` with an uploader token; the server
   verifies again and publishes.
+* ``export``: an *offline bundle* of one published release for a USB stick
+  (``repo_server._export``), which ``tufota-agent install-bundle`` takes; the
+  *upload bundle* of ``sign`` is for the server only.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from tufota_core import (
     InputError,
     NotFoundError,
     TransportError,
+    check_hardware_id,
     format_time,
     product_role,
     utcnow,
@@ -105,7 +109,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_source_args(p, publish=False, asks=False)
     p.set_defaults(func=cmd_verify)
 
-    p = rsub.add_parser("upload", help="send a bundle to the repository server")
+    p = rsub.add_parser(
+        "export",
+        help="write an OFFLINE bundle of one published release for devices without network "
+        "(tufota-agent install-bundle); not the upload bundle 'release sign' writes",
+    )
+    p.add_argument("--repo", required=True, help="repository directory (or s3:// + --state-dir)")
+    p.add_argument("--state-dir", default=None, help="for an s3:// repository")
+    p.add_argument("--hardware", required=True, help="hardware id (product line)")
+    p.add_argument("--version", required=True, help="the published release to export")
+    p.add_argument("--out", required=True, help="FILE.tar.gz to write (must not exist)")
+    p.set_defaults(func=cmd_export)
+
+    p = rsub.add_parser("upload", help="send an upload bundle to the repository server")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--server", required=True, help="server URL, e.g. https://ota.example.com")
     p.add_argument("--token", default=None, help=f"uploader API token (default: ${TOKEN_ENV})")
@@ -281,6 +297,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if check.root_version is not None:
         print(f"carries root v{check.root_version}")
     print(f"{args.bundle}: OK")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from repo_server import Repository, export_offline_bundle
+
+    check_hardware_id(args.hardware)
+    out = Path(args.out)
+    repo = Repository.locate(args.repo, args.state_dir)
+    result = export_offline_bundle(repo.storage, args.hardware, args.version, out)
+    print(
+        f"wrote offline bundle {result.path}: {result.target}, {len(result.members)} files, "
+        f"{result.size} bytes"
+    )
+    print(f"on the device: tufota-agent install-bundle {result.path.name}")
     return 0
 
 
