@@ -30,6 +30,7 @@ from repo_server import (
 )
 from repo_server._context import ServerContext
 from repo_server._errors import EXCEPTION_HANDLERS
+from repo_server._hosts import HostCheck
 from repo_server._ingest import ReportFastPath
 
 logger = logging.getLogger(__name__)
@@ -80,4 +81,8 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
     # Innermost first: the metrics middleware must see the reports the fast path answers.
     app.add_middleware(ReportFastPath, ingestor=ctx.report_ingestor)
     app.add_middleware(_metrics.ReportIngestMiddleware, ingest=_metrics.ingest_for(ctx))
+    # Outermost: a request for a foreign Host name reaches nothing.
+    app.add_middleware(
+        HostCheck, names=lambda: ctx.server_names, loopback=lambda: ctx.loopback_names
+    )
     return app

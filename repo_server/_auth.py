@@ -9,8 +9,14 @@ Roles and what they may do::
 
 Tokens look like ``tfo_<id>_<secret>``; only a SHA-256 of each is stored (in
 ``REPO/tokens.json``, written atomically), so a stolen file grants nothing.
-Comparison is constant-time. Device reports do not use tokens: they are
+Comparison is constant-time. A token may carry an expiry; past it, requests
+get 401 ``token_expired``. Device reports do not use tokens: they are
 authenticated by the device's signature.
+
+Every API read needs a token by default. The local viewer (tokenless reads
+from loopback) exists only when the operator turns it on, and never applies
+to a request that came through a proxy (``Forwarded``, ``X-Forwarded-For``
+or ``X-Real-IP`` present): behind a same-host proxy every client is loopback.
 """
 
 from __future__ import annotations
@@ -24,12 +30,20 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from fastapi import Request
 
 from repo_server._errors import ApiError
-from tufota_core import InputError, NotFoundError, RepositoryError, format_time, utcnow
+from tufota_core import (
+    InputError,
+    NotFoundError,
+    RepositoryError,
+    format_time,
+    parse_time,
+    utcnow,
+)
 
 ROLES = ("viewer", "operator", "uploader")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -58,6 +72,10 @@ class TokenRecord:
     role: str
     sha256: str
     created: str
+    expires: str | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires is not None and parse_time(self.expires) <= now
 
 
 def _digest(secret: str) -> str:
@@ -97,22 +115,31 @@ class TokenStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def create(self, name: str, role: str) -> str:
+    def create(self, name: str, role: str, lifetime: timedelta | None = None) -> str:
         """Create a token and return it; it is shown once and never stored.
 
+        Args:
+            lifetime: how long the token is valid; None: until revoked.
+
         Raises:
-            InputError: unknown role or empty name.
+            InputError: unknown role, empty name or a lifetime that is not positive.
         """
         if role not in ROLES:
             raise InputError(f"role {role!r} is not one of {', '.join(ROLES)}")
         if not name or len(name) > 64:
             raise InputError("a token needs a name of 1-64 characters")
+        if lifetime is not None and lifetime <= timedelta(0):
+            raise InputError("a token's lifetime must be positive")
         token_id = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
         token = f"{_PREFIX}{token_id}_{secret}"
+        now = utcnow()
+        expires = format_time(now + lifetime) if lifetime is not None else None
         with self._lock:
             records = self._read()
-            records.append(TokenRecord(token_id, name, role, _digest(token), format_time(utcnow())))
+            records.append(
+                TokenRecord(token_id, name, role, _digest(token), format_time(now), expires)
+            )
             self._write(records)
         return token
 
@@ -128,41 +155,55 @@ class TokenStore:
     def list(self) -> list[TokenRecord]:
         return self._read()
 
-    def authenticate(self, token: str) -> Principal | None:
-        """The token's principal, or None when the token is unknown."""
+    def lookup(self, token: str) -> TokenRecord | None:
+        """The token's record (expired or not), or None when the token is unknown."""
         if not token.startswith(_PREFIX):
             return None
         token_id = token[len(_PREFIX) :].split("_", 1)[0]
         digest = _digest(token)
         for record in self._read():
             if record.token_id == token_id and hmac.compare_digest(record.sha256, digest):
-                return Principal(record.name, record.role)
+                return record
         return None
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The token's principal, or None when the token is unknown or expired."""
+        record = self.lookup(token)
+        if record is None or record.expired(utcnow()):
+            return None
+        return Principal(record.name, record.role)
 
 
 LOCAL_VIEWER = Principal("local", "viewer")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
 def principal_of(
     request: Request, tokens: TokenStore | None, local_viewer: bool
 ) -> Principal | None:
-    """Who is asking: from ``Authorization: Bearer``, else the local-only viewer, else None.
+    """Who is asking: from ``Authorization: Bearer``, else the local viewer (when on), else None.
 
     Raises:
-        ApiError: 401 when a token is given but unknown or malformed.
+        ApiError: 401 when a token is given but unknown, expired or malformed.
     """
     header = request.headers.get("authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "bad_token", "use 'Authorization: Bearer <token>'")
-        principal = tokens.authenticate(token.strip()) if tokens is not None else None
-        if principal is None:
+        record = tokens.lookup(token.strip()) if tokens is not None else None
+        if record is None:
             raise ApiError(401, "bad_token", "unknown or revoked API token")
-        return principal
+        if record.expired(utcnow()):
+            raise ApiError(
+                401, "token_expired", f"token expired at {record.expires}; create a new one"
+            )
+        return Principal(record.name, record.role)
+    if not local_viewer or any(h in request.headers for h in _PROXY_HEADERS):
+        return None
     client = request.client.host if request.client else ""
-    if local_viewer and client in _LOOPBACK:
+    if client in _LOOPBACK:
         return LOCAL_VIEWER
     return None
 

@@ -49,7 +49,11 @@ class ServerContext:
     """Everything a route or background task of the server uses.
 
     Attributes:
-        local_viewer: requests from loopback without a token may read (viewer).
+        local_viewer: requests from loopback without a token, and not through a
+            proxy, may read (viewer). Off unless the operator turns it on.
+        server_names: the Host names the server answers under (see ``_hosts``).
+        loopback_names: also answer under localhost/127.0.0.1/::1 (the server
+            is bound to loopback).
         limits: the server's caps and timeouts.
         storage_url: where the served tree lives, for operators.
     """
@@ -58,7 +62,9 @@ class ServerContext:
     store: TrackerStore
     controller: RolloutController
     tokens: TokenStore | None = None
-    local_viewer: bool = True
+    local_viewer: bool = False
+    server_names: frozenset[str] = frozenset()
+    loopback_names: bool = True
     tick_interval: float = 5.0
     refresh_interval: float = 60.0
     limits: ServerLimits = field(default_factory=ServerLimits)

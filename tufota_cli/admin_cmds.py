@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,11 +17,13 @@ from repo_server import (
     is_s3_url,
     verify_repository,
 )
+from staging import parse_duration
 from tufota_cli._common import print_json, table
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import InputError, NotFoundError, VerificationError, format_time, utcnow
 
 ONLINE = ("timestamp", "snapshot", "rollouts")
+_MAX_TOKEN_LIFETIME = 5 * 365 * 86400
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = tsub.add_parser("create", help="create a token; it is printed once and never stored")
     p.add_argument("--name", required=True, help="who or what uses it, e.g. ci-release")
     p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument(
+        "--expires",
+        default=None,
+        metavar="DURATION",
+        help="valid for this long, e.g. 12h or 30d (default: until revoked)",
+    )
     add_repo_arguments(p)
     p.set_defaults(func=cmd_token_create)
     p = tsub.add_parser("list", help="tokens by id, name and role (never the secrets)")
@@ -140,20 +149,38 @@ def _tokens(args: argparse.Namespace) -> TokenStore:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    token = _tokens(args).create(args.name, args.role)
+    lifetime = None
+    if args.expires is not None:
+        lifetime = timedelta(seconds=parse_duration(args.expires, maximum=_MAX_TOKEN_LIFETIME))
+        if not lifetime:
+            raise InputError("--expires must be longer than 0s")
+    token = _tokens(args).create(args.name, args.role, lifetime)
     token_id = token.split("_")[1]
+    # Only the token on stdout, so TOKEN=$(tufota token create ...) captures it.
     print(token)
-    print(f"created {args.role} token {token_id} for {args.name}; it is shown only this once")
+    until = f", valid for {args.expires}" if lifetime else ""
+    print(
+        f"created {args.role} token {token_id} for {args.name}{until}; it is shown only this once",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     records = _tokens(args).list()
+    now = utcnow()
     if args.json:
         print_json(
             {
                 "tokens": [
-                    {"id": r.token_id, "name": r.name, "role": r.role, "created": r.created}
+                    {
+                        "id": r.token_id,
+                        "name": r.name,
+                        "role": r.role,
+                        "created": r.created,
+                        "expires": r.expires,
+                        "expired": r.expired(now),
+                    }
                     for r in records
                 ]
             }
@@ -163,11 +190,20 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     else:
         print(
             table(
-                ["id", "name", "role", "created"],
-                [[r.token_id, r.name, r.role, r.created] for r in records],
+                ["id", "name", "role", "created", "expires"],
+                [
+                    [r.token_id, r.name, r.role, r.created, _expiry(r.expires, r.expired(now))]
+                    for r in records
+                ],
             )
         )
     return 0
+
+
+def _expiry(expires: str | None, expired: bool) -> str:
+    if expires is None:
+        return "never"
+    return f"{expires} (EXPIRED)" if expired else expires
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ class Plant:
         self.thread = thread
         self.signers: dict[str, CryptoSigner] = {}
         self.seq: dict[str, int] = {}
+        self._tokens: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -182,6 +183,12 @@ class Plant:
     def token(self, role: str) -> str:
         assert self.ctx.tokens is not None
         return self.ctx.tokens.create(f"test-{role}", role)
+
+    def auth(self, role: str = "viewer") -> dict[str, str]:
+        """An ``Authorization`` header with a token of ``role`` (one token per role)."""
+        if role not in self._tokens:
+            self._tokens[role] = self.token(role)
+        return {"Authorization": f"Bearer {self._tokens[role]}"}
 
     def stop_server(self) -> None:
         """Stop the server (the port stays reserved for ``start_server``)."""

@@ -10,6 +10,7 @@ README screenshots to ``docs/screenshots/``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -86,9 +87,16 @@ def _cell(page: Page, rollout_id: str, wave: str, key: str) -> Any:
 
 
 def _sign_in(page: Page, token: str) -> None:
-    page.click("#signin-toggle")
+    if page.locator("#signin").is_hidden():
+        page.click("#signin-toggle")
     page.fill("#token", token)
     page.click("#token-save")
+
+
+def _open(page: Page, url: str, token: str) -> None:
+    """Load the page already signed in (the token in this tab's session storage)."""
+    page.add_init_script(f"sessionStorage.setItem('tufota.token', {json.dumps(token)})")
+    page.goto(url)
 
 
 def _small_fleet(plant: Plant) -> str:
@@ -105,7 +113,7 @@ def test_page_loads_clean_shows_the_rollout_and_redraws_when_a_device_reports(
     rollout_id = plant.story()
     plant.ctx.controller.tick()  # what the server's background task does: raises stall alerts
     console = Console(page)
-    page.goto(f"{plant.url}/dashboard")
+    _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
     card = _card(page, rollout_id)
     expect(card).to_have_attribute("data-state", "active")
     expect(card.locator(".gate-text")).to_contain_text("waits for")
@@ -152,9 +160,9 @@ def test_page_loads_clean_shows_the_rollout_and_redraws_when_a_device_reports(
 def test_operator_pauses_the_rollout_after_confirming(plant: Plant, page: Page) -> None:
     rollout_id = _small_fleet(plant)
     console = Console(page)
-    page.goto(f"{plant.url}/dashboard")
+    _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
     card = _card(page, rollout_id)
-    expect(card.locator("button[data-action='pause']")).to_be_disabled()  # local viewer
+    expect(card.locator("button[data-action='pause']")).to_be_disabled()  # a viewer
     _sign_in(page, plant.token("operator"))
     expect(page.locator("#who")).to_have_text("test-operator · operator")
     pause = card.locator("button[data-action='pause']")
@@ -185,6 +193,7 @@ def test_a_viewer_token_cannot_pause(plant: Plant, page: Page) -> None:
     rollout_id = _small_fleet(plant)
     viewer = plant.token("viewer")
     page.goto(f"{plant.url}/dashboard")
+    expect(page.locator("#conn")).to_have_text("sign-in needed")  # no tokenless reads
     _sign_in(page, viewer)
     expect(page.locator("#who")).to_have_text("test-viewer · viewer")
     card = _card(page, rollout_id)
@@ -204,22 +213,28 @@ def test_a_viewer_token_cannot_pause(plant: Plant, page: Page) -> None:
 
 def test_a_bad_token_asks_to_sign_in_again(plant: Plant, page: Page) -> None:
     _small_fleet(plant)
-    page.goto(f"{plant.url}/dashboard")
+    _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
     expect(page.locator("#conn")).to_have_text("live")
     _sign_in(page, "tfo_00000000_not-a-real-token")
     expect(page.locator("#conn")).to_have_text("sign-in needed")
     expect(page.locator("#banner")).to_contain_text("unknown or revoked API token")
     expect(page.locator("#signin")).to_be_visible()
-    page.click("#token-clear")  # back to the local viewer
-    expect(page.locator("#conn")).to_have_text("live")
+    page.click("#token-clear")  # no token: still refused, reads need one
+    expect(page.locator("#banner")).to_contain_text("needs an API token")
+    expect(page.locator("#conn")).to_have_text("sign-in needed")
 
 
 def test_an_unknown_rollout_is_404_on_the_api_and_a_clear_page(plant: Plant, page: Page) -> None:
     _small_fleet(plant)
-    response = requests.get(f"{plant.url}/api/v1/dashboard/rollouts/no-such-rollout", timeout=10)
+    viewer = plant.token("viewer")
+    response = requests.get(
+        f"{plant.url}/api/v1/dashboard/rollouts/no-such-rollout",
+        headers={"Authorization": f"Bearer {viewer}"},
+        timeout=10,
+    )
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
-    page.goto(f"{plant.url}/dashboard#/rollouts/no-such-rollout")
+    _open(page, f"{plant.url}/dashboard#/rollouts/no-such-rollout", viewer)
     expect(page.locator("#not-found")).to_contain_text("No rollout no-such-rollout")
     page.click("#not-found a")
     expect(page.locator("article.rollout")).to_have_count(1)
@@ -239,7 +254,7 @@ def test_device_links_lead_to_report_history_and_device_text_stays_text(
         message=hostile,
     )
     console = Console(page)
-    page.goto(f"{plant.url}/dashboard")
+    _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
     row = page.locator("#attention tr.finding[data-device='dev-1']")
     expect(row).to_contain_text(hostile)  # shown literally
     assert page.locator("#attention img").count() == 0
@@ -257,7 +272,7 @@ def test_device_links_lead_to_report_history_and_device_text_stays_text(
 
 def test_the_page_recovers_by_itself_when_the_server_restarts(plant: Plant, page: Page) -> None:
     rollout_id = _small_fleet(plant)
-    page.goto(f"{plant.url}/dashboard")
+    _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
     expect(_cell(page, rollout_id, "canary", "succeeded")).to_have_text("0")
     plant.stop_server()
     expect(page.locator("#conn")).to_have_text("reconnecting…")

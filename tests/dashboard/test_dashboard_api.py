@@ -28,22 +28,23 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(plant: Plant) ->
 
 def test_overview_tells_who_asks_and_what_they_may_do(plant: Plant) -> None:
     url = f"{plant.url}/api/v1/dashboard"
-    assert requests.get(url, timeout=10).json()["principal"] == {
-        "name": "local",
+    assert requests.get(url, timeout=10).status_code == 401  # no tokenless reads by default
+    assert requests.get(url, headers=plant.auth(), timeout=10).json()["principal"] == {
+        "name": "test-viewer",
         "role": "viewer",
         "may_operate": False,
     }
-    operator = {"Authorization": f"Bearer {plant.token('operator')}"}
+    operator = plant.auth("operator")
     assert requests.get(url, headers=operator, timeout=10).json()["principal"]["may_operate"]
-    plant.ctx.local_viewer = False
-    assert requests.get(url, timeout=10).status_code == 401
-    uploader = {"Authorization": f"Bearer {plant.token('uploader')}"}
+    uploader = plant.auth("uploader")
     assert requests.get(url, headers=uploader, timeout=10).status_code == 403
+    plant.ctx.local_viewer = True  # the explicit 'serve --local-viewer'
+    assert requests.get(url, timeout=10).json()["principal"]["name"] == "local"
 
 
 def test_overview_holds_funnel_findings_versions_patch_and_health(plant: Plant) -> None:
     rollout_id = plant.story()
-    data = requests.get(f"{plant.url}/api/v1/dashboard", timeout=10).json()
+    data = requests.get(f"{plant.url}/api/v1/dashboard", headers=plant.auth(), timeout=10).json()
     (rollout,) = data["rollouts"]
     assert rollout["rollout_id"] == rollout_id
     assert [row["name"] for row in rollout["funnel"]] == ["canary", "wave-2", "wave-3", "total"]
@@ -67,7 +68,7 @@ def test_overview_holds_funnel_findings_versions_patch_and_health(plant: Plant) 
 
 def test_an_unknown_rollout_or_device_is_404(plant: Plant) -> None:
     for path in ("/api/v1/dashboard/rollouts/nope", "/api/v1/devices/nope"):
-        response = requests.get(f"{plant.url}{path}", timeout=10)
+        response = requests.get(f"{plant.url}{path}", headers=plant.auth(), timeout=10)
         assert response.status_code == 404
         assert set(response.json()) == {"error", "message"}
 
