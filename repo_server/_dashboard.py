@@ -180,9 +180,12 @@ def findings(
         wave = waves[index].name
         kind = classify(rollout, device)
         if kind in ("failed", "rolled_back"):
-            reason = device.error_code or kind.replace("_", " ")
-            if device.error_message:
-                reason = f"{reason}: {device.error_message}"
+            # The kept failure's own code and message (a later heartbeat's do not explain it).
+            code = device.failed_code or device.error_code
+            message = device.failed_message if device.failed_code else device.error_message
+            reason = code or kind.replace("_", " ")
+            if message:
+                reason = f"{reason}: {message}"
             since = device.failed_at
         elif rollout.live and kind != "succeeded":
             stall = find_stall(rollout, index, device, now)

@@ -15,6 +15,9 @@ Families (all prefixed ``tufota_``):
                                        waiting, stalled)
 ``rollout_failed_devices``             failed or rolled back, per rollout
 ``rollout_stalled_devices``            stalled, per rollout
+``security_events``                    verification failures devices reported (tampered or
+                                       invalid data refused), per hardware_id; never install
+                                       failures
 ``patch_exposed_devices``              devices lacking a fix a newer signed release has
 ``patch_cve_exposed_devices``          per CVE, with its highest CVSS as a label
 ``role_expiry_seconds``                seconds until each published role expires (negative:
@@ -293,6 +296,14 @@ class TrackerCollector(Collector):
             failed.add_metric(values, rows[-1]["failed"] + rows[-1]["rolled_back"])
             stalled.add_metric(values, rows[-1]["stalled"])
         yield from (state, current, count, wave_state, eligible, per_outcome, failed, stalled)
+        security = GaugeMetricFamily(
+            "tufota_security_events",
+            "Verification failures devices reported (refused tampered or invalid data)",
+            labels=["hardware_id"],
+        )
+        for entry in self.ctx.store.security_summary():
+            security.add_metric([entry["hardware_id"]], entry["events"])
+        yield security
 
     def _repository(self) -> Iterator[Metric]:
         now = utcnow()

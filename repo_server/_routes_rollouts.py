@@ -7,7 +7,7 @@ token); every change needs ``operate`` (an operator token). Routes::
     POST /api/v1/rollouts                       start one (body: see ``start_rollout``)
     GET  /api/v1/rollouts/{id}                  one rollout's progress, gate and stalls
     GET  /api/v1/rollouts/{id}/history          its transitions, with time and reason
-    POST /api/v1/rollouts/{id}/pause|resume|abort|advance   body: {"reason": "..."}
+    POST /api/v1/rollouts/{id}/pause|resume|abort|advance|complete   body: {"reason": "..."}
     GET  /api/v1/fleet[?hardware=HW]            patch status: versions, missing CVEs, exposure
     GET  /api/v1/alerts[?state=open&rollout=ID&kind=K&limit=N]
     POST /api/v1/alerts/{id}/resolve            body: {"reason": "..."}
@@ -46,6 +46,8 @@ _START_FIELDS = {
     "silent_polls",
     "maintenance_window",
     "reason",
+    "retry_failed",
+    "retry_backoff",
 }
 
 
@@ -130,6 +132,8 @@ def build_router(ctx: ServerContext) -> APIRouter:
             reboot_timeout_seconds=data.get("reboot_timeout"),
             poll_interval_seconds=data.get("poll_interval"),
             silent_polls=data.get("silent_polls"),
+            retry_failed=data.get("retry_failed"),
+            retry_backoff_seconds=data.get("retry_backoff"),
         )
         doc = ctx.controller.start(
             hardware_id,
@@ -165,8 +169,12 @@ def build_router(ctx: ServerContext) -> APIRouter:
             controller.abort(rollout_id, _reason(data, "aborted through the API"))
         elif action == "advance":
             controller.advance(rollout_id, _reason(data, "advanced through the API"))
+        elif action == "complete":  # the reason is required: no default
+            controller.complete(rollout_id, _reason(data, ""))
         else:
-            raise NotFoundError(f"no rollout action {action!r} (pause, resume, abort, advance)")
+            raise NotFoundError(
+                f"no rollout action {action!r} (pause, resume, abort, advance, complete)"
+            )
         return controller.status(rollout_id).to_json()
 
     @router.get("/api/v1/fleet", tags=["devices"], dependencies=read)

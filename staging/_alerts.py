@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from staging._config import MAX_DURATION_SECONDS
+from staging._egress import check_literal_host
 from tufota_core import InputError, format_time
 
 SEVERITIES = ("info", "warning", "critical")
@@ -41,8 +42,18 @@ ALERT_KINDS = (
     "metadata_expiring",
     "unpatched_vulnerability",
     "test",
+    "verification_failed",
+    "device_clock_skew",
+    "rollout_diverged",
 )
-"""``never_checked_in`` ... ``silent`` are the four kinds of stall findings."""
+"""``never_checked_in`` ... ``silent`` are the four kinds of stall findings.
+
+``verification_failed``: devices refused data that failed verification (a
+security event, not an install failure). ``device_clock_skew``: a device's
+report time disagrees with the server's clock. ``rollout_diverged``: the
+published rollout document, or what devices report, disagrees with the
+tracker (online key compromise?).
+"""
 
 STALL_KINDS = ("never_checked_in", "download_stalled", "reboot_overdue", "silent")
 NOTIFICATION_PHASES = ("opened", "resolved")
@@ -152,6 +163,8 @@ class SinkSpec:
         region: AWS region for SNS (default: the environment's).
         endpoint_url: AWS endpoint override (moto, LocalStack, VPC endpoints).
         min_severity: notifications below this severity are not sent to this sink.
+        allow_private: let a webhook reach loopback, link-local and cloud
+            metadata addresses (refused by default; see ``staging._sinks``).
     """
 
     name: str
@@ -161,6 +174,7 @@ class SinkSpec:
     region: str = ""
     endpoint_url: str = ""
     min_severity: str = "info"
+    allow_private: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64 or not self.name.replace("-", "").isalnum():
@@ -169,6 +183,10 @@ class SinkSpec:
             raise InputError(f"sink kind {self.kind!r} is not one of {', '.join(SINK_KINDS)}")
         if self.kind == "webhook" and not self.url.startswith(("http://", "https://")):
             raise InputError(f"webhook sink {self.name} needs an http(s) URL, not {self.url!r}")
+        if not isinstance(self.allow_private, bool):
+            raise InputError("allow_private must be true or false")
+        if self.kind == "webhook" and not self.allow_private:
+            check_literal_host(self.name, self.url)
         if self.kind == "sns" and not self.topic_arn.startswith("arn:"):
             raise InputError(f"SNS sink {self.name} needs a topic ARN, not {self.topic_arn!r}")
         if self.min_severity not in SEVERITIES:
@@ -178,7 +196,7 @@ class SinkSpec:
         return SEVERITIES.index(severity) >= SEVERITIES.index(self.min_severity)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v != ""}
+        return {k: v for k, v in self.__dict__.items() if v != "" and v is not False}
 
     @classmethod
     def from_json(cls, data: Any) -> SinkSpec:
@@ -189,7 +207,9 @@ class SinkSpec:
         if unknown:
             raise InputError(f"unknown sink fields: {', '.join(sorted(unknown))}")
         try:
-            return cls(**{k: str(v) for k, v in data.items()})
+            fields: dict[str, Any] = {k: str(v) for k, v in data.items() if k != "allow_private"}
+            fields["allow_private"] = data.get("allow_private", False)
+            return cls(**fields)
         except TypeError as e:
             raise InputError(f"sink is incomplete: {e}") from e
 

@@ -413,10 +413,12 @@ class RolloutController:
         due = self._fleet_checked is None or now - self._fleet_checked >= timedelta(
             seconds=self._config.fleet_check_seconds
         )
+        self._guard("security event check", lambda: self._watch_security(now))
         if due:
             self._fleet_checked = now
             self._guard("metadata expiry check", lambda: self._watch_expiry(now))
             self._guard("patch status check", lambda: self._watch_patches(now))
+            self._guard("device clock check", lambda: self._watch_clocks(now))
         self._guard("alert delivery", self.deliver)
         return report.events
 
@@ -526,6 +528,82 @@ class RolloutController:
                 )
             )
         self._sync(stall_scope, drafts, now, "the device reported progress again", complete)
+
+    def _watch_security(self, now: datetime) -> None:
+        """``verification_failed`` per hardware id whose devices refused data.
+
+        Open until an operator resolves it; it opens again only for security
+        events newer than the resolved alert's (``details.last_event_id``).
+        """
+        summary = self._store.security_summary()
+        if not summary:
+            return
+        newest: dict[str, Alert] = {}
+        for alert in self._store.list_alerts(kinds=["verification_failed"]):
+            newest.setdefault(alert.key, alert)
+        drafts = []
+        for entry in summary:
+            hw = entry["hardware_id"]
+            key = f"security:{hw}"
+            prior = newest.get(key)
+            if (
+                prior is not None
+                and not prior.open
+                and int(prior.details.get("last_event_id", 0)) >= entry["last_event_id"]
+            ):
+                continue
+            n = entry["devices"]
+            rollouts = entry["rollouts"]
+            drafts.append(
+                AlertDraft(
+                    key=key,
+                    kind="verification_failed",
+                    severity="critical",
+                    summary=(
+                        f"{n} {hw} device{'s' if n != 1 else ''} refused data that failed "
+                        f"verification ({', '.join(entry['codes'])}; {entry['events']} "
+                        f"event{'s' if entry['events'] != 1 else ''}, latest {entry['last_at']}): "
+                        "tampering on the network path or a mirror? Not counted as install "
+                        "failures"
+                    ),
+                    hardware_id=hw,
+                    rollout_id=rollouts[-1] if len(rollouts) == 1 else None,
+                    details=entry,
+                )
+            )
+        self._sync("security:", drafts, now, "resolved", resolve_missing=False)
+
+    def _watch_clocks(self, now: datetime) -> None:
+        """``device_clock_skew`` per device whose report time disagrees with our clock."""
+        threshold = self._config.clock_skew_seconds
+        cap = self._config.max_findings_per_rollout
+        devices = self._store.skewed_devices(threshold, cap)
+        drafts = []
+        for device in devices:
+            skew = device.clock_skew or 0
+            drafts.append(
+                AlertDraft(
+                    key=f"clock:{device.device_id}",
+                    kind="device_clock_skew",
+                    severity="warning",
+                    summary=(
+                        f"device clock skew: {device.device_id} reports a clock "
+                        f"{abs(skew)} s {'ahead of' if skew > 0 else 'behind'} the server's "
+                        f"(limit {threshold:g} s); it may refuse valid metadata as expired "
+                        "and not update: fix its time source (NTP/RTC)"
+                    ),
+                    hardware_id=device.hardware_id,
+                    device_id=device.device_id,
+                    details={"clock_skew_seconds": skew, "threshold_seconds": threshold},
+                )
+            )
+        self._sync(
+            "clock:",
+            drafts,
+            now,
+            "the device's clock agrees with the server's again",
+            len(devices) < cap,
+        )
 
     def _watch_expiry(self, now: datetime) -> None:
         """``metadata_expiring`` for each online role expiring within the margin."""

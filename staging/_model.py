@@ -242,8 +242,10 @@ class DeviceRecord:
 
     ``state`` is None until the first report. ``target_version`` and
     ``rollout_id`` are what the device last said it was working towards. The
-    ``failed_*`` fields keep the last ``failed``/``rolled_back`` report even after
-    later heartbeats, so a failure is not forgotten when the device goes idle.
+    ``failed_*`` fields keep the last counted ``failed``/``rolled_back`` report
+    (state, version, rollout, time, error code and message) even after later
+    heartbeats, so a failure and its reason (say the health check's output) are
+    not forgotten when the device goes idle.
     ``state_since`` is when ``state`` last changed; ``progress_at`` is when the
     state or ``bytes_done`` last changed (stall detection reads both).
     ``clock_skew`` is how many seconds the device's clock was ahead of the
@@ -273,6 +275,8 @@ class DeviceRecord:
     bytes_done: int = 0
     bytes_total: int = 0
     clock_skew: int | None = None
+    failed_code: str | None = None
+    failed_message: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -299,6 +303,8 @@ class DeviceRecord:
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
             "clock_skew": self.clock_skew,
+            "failed_code": self.failed_code,
+            "failed_message": self.failed_message,
         }
 
 

@@ -7,14 +7,21 @@ Invariants:
   doubling from ``backoff_seconds``) on network errors, HTTP 429 and 5xx; any
   other 4xx is final for that call. Longer outages are covered by the
   notification outbox, which retries across ticks (``staging._alerts``).
+* The webhook sink never follows a redirect (a 3xx is a failed delivery
+  naming the status and where it pointed) and connects only to addresses
+  ``staging._egress`` allows, checked on the connected socket, after DNS,
+  at every delivery; environment proxies are not used. ``allow_private``
+  lifts the address rule for one sink.
 * The SNS sink imports ``boto3`` only when it is built, so the rest of
   staging works without it.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from staging._alerts import Notification, SinkSpec
+from staging._egress import check_literal_host, refused_address
 from tufota_core import InputError, TransportError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +73,51 @@ class LogSink(AlertSink):
         )
 
 
+class _RefusedTargetError(OSError):
+    """The connected address is one a webhook may not reach (``staging._egress``)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+def _check_socket(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    why = refused_address(str(sock.getpeername()[0]))
+    if why is not None:
+        sock.close()
+        raise _RefusedTargetError(why)
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _check_socket(self.sock)
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection, _CheckedHTTPConnection):
+    """HTTPS whose TCP connect (``_CheckedHTTPConnection.connect``) is checked before TLS."""
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_CheckedHTTPConnection, req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_CheckedHTTPSConnection, req)
+
+
+def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+    handlers: list[Any] = [urllib.request.ProxyHandler({}), _NoRedirect()]
+    if not allow_private:
+        handlers += [_CheckedHTTPHandler(), _CheckedHTTPSHandler()]
+    return urllib.request.build_opener(*handlers)
+
+
 class WebhookSink(AlertSink):
     """POSTs the notification's JSON payload to a URL.
 
@@ -75,6 +128,8 @@ class WebhookSink(AlertSink):
         attempts: tries per ``send``.
         backoff_seconds: wait before the second try; doubles each time.
         sleep: how to wait (patched in tests).
+        allow_private: may connect to loopback, link-local and metadata
+            addresses (``staging._egress``).
     """
 
     def __init__(
@@ -86,11 +141,15 @@ class WebhookSink(AlertSink):
         attempts: int = 3,
         backoff_seconds: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        allow_private: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise InputError(f"webhook URL {url!r} is not http(s)")
+        if not allow_private:
+            check_literal_host(name, url)
         self.name = name
         self.url = url
+        self._opener = _opener(allow_private)
         self._timeout = timeout
         self._attempts = max(1, attempts)
         self._backoff = backoff_seconds
@@ -112,16 +171,27 @@ class WebhookSink(AlertSink):
                 },
             )
             try:
-                with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                with self._opener.open(request, timeout=self._timeout) as response:
                     response.read(1024)
                     return
             except urllib.error.HTTPError as e:
                 e.close()
                 last = f"HTTP {e.code}"
+                if 300 <= e.code < 400:
+                    where = str(e.headers.get("Location", ""))[:200] if e.headers else ""
+                    raise TransportError(
+                        f"webhook {self.name} answered {last} (redirect"
+                        f"{f' to {where}' if where else ''}); redirects are not followed"
+                    ) from e
                 if e.code != 429 and e.code < 500:
                     raise TransportError(f"webhook {self.name} refused the alert: {last}") from e
             except (urllib.error.URLError, OSError) as e:
-                last = str(getattr(e, "reason", e))
+                reason = getattr(e, "reason", e)
+                if isinstance(reason, _RefusedTargetError):
+                    raise TransportError(
+                        f"webhook {self.name} not sent: {reason}; allow it with --allow-private"
+                    ) from e
+                last = str(reason)
             if attempt < self._attempts:
                 logger.debug(
                     "webhook %s attempt %d failed (%s); retrying", self.name, attempt, last
@@ -185,7 +255,7 @@ def build_sink(spec: SinkSpec) -> AlertSink:
         InputError: the spec cannot be built (missing boto3, bad URL).
     """
     if spec.kind == "webhook":
-        return WebhookSink(spec.name, spec.url)
+        return WebhookSink(spec.name, spec.url, allow_private=spec.allow_private)
     if spec.kind == "sns":
         return SnsSink.from_spec(spec)
     return LogSink(spec.name)

@@ -103,7 +103,9 @@ CREATE TABLE IF NOT EXISTS devices (
     bytes_total INTEGER NOT NULL DEFAULT 0,
     cohort_rollout TEXT,                -- newest rollout of the hardware id, and
     cohort_wave INTEGER,                --   the device's wave in it (-1: none)
-    clock_skew INTEGER                  -- v3: report time minus server time, seconds
+    clock_skew INTEGER,                 -- v3: report time minus server time, seconds
+    failed_code TEXT,                   -- v3: error code and message of the kept
+    failed_message TEXT NOT NULL DEFAULT '' --   failure (later heartbeats keep them)
 );
 CREATE INDEX IF NOT EXISTS devices_by_hardware ON devices (hardware_id, device_id);
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -214,6 +216,8 @@ _V2_COLUMNS = (
 # Columns added by schema v3 to a v1 or v2 file.
 _V3_COLUMNS = (
     ("devices", "clock_skew INTEGER"),
+    ("devices", "failed_code TEXT"),
+    ("devices", "failed_message TEXT NOT NULL DEFAULT ''"),
     ("rollouts", "retry_generation INTEGER NOT NULL DEFAULT 0"),
     ("rollouts", "retried_at TEXT"),
 )
@@ -258,7 +262,8 @@ _UPDATE_REPORTED = (
 )
 _UPDATE_FAILED = (
     "UPDATE devices SET failed_state = ?, failed_version = ?,"
-    " failed_rollout_id = ?, failed_at = ? WHERE device_id = ?"
+    " failed_rollout_id = ?, failed_at = ?, failed_code = ?, failed_message = ?"
+    " WHERE device_id = ?"
 )
 _INSERT_SECURITY_EVENT = (
     "INSERT INTO security_events (at, device_id, hardware_id, rollout_id, version, code,"
@@ -372,7 +377,15 @@ def _apply_report(
             )
         if report.error_code not in NOT_COUNTED_CODES:
             failures.append(
-                (report.state, report.target_version, report.rollout_id, when, device_id)
+                (
+                    report.state,
+                    report.target_version,
+                    report.rollout_id,
+                    when,
+                    report.error_code,
+                    report.message,
+                    device_id,
+                )
             )
     if changed:
         reason = report.message
@@ -1118,6 +1131,37 @@ class SqliteTrackerStore(TrackerStore):
             ).fetchall()
         return [r["device_id"] for r in rows]
 
+    def security_summary(self) -> list[dict[str, Any]]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                "SELECT hardware_id, count(*) AS events, count(DISTINCT device_id) AS devices,"
+                " json_group_array(DISTINCT code) AS codes,"
+                " json_group_array(DISTINCT rollout_id) AS rollouts,"
+                " max(event_id) AS last_event_id, max(at) AS last_at"
+                " FROM security_events GROUP BY hardware_id ORDER BY hardware_id"
+            ).fetchall()
+        return [
+            {
+                "hardware_id": r["hardware_id"],
+                "events": int(r["events"]),
+                "devices": int(r["devices"]),
+                "codes": sorted(json.loads(r["codes"])),
+                "rollouts": sorted(x for x in json.loads(r["rollouts"]) if x is not None),
+                "last_event_id": int(r["last_event_id"]),
+                "last_at": r["last_at"],
+            }
+            for r in rows
+        ]
+
+    def skewed_devices(self, threshold_seconds: float, limit: int) -> list[DeviceRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                "SELECT * FROM devices WHERE status != 'revoked' AND clock_skew IS NOT NULL"
+                " AND abs(clock_skew) > ? ORDER BY device_id LIMIT ?",
+                (threshold_seconds, max(0, limit)),
+            ).fetchall()
+        return [self._device_from_row(r) for r in rows]
+
     # -- alerts ----------------------------------------------------------------------
 
     def sync_alerts(
@@ -1461,6 +1505,8 @@ class SqliteTrackerStore(TrackerStore):
                 bytes_done=row["bytes_done"],
                 bytes_total=row["bytes_total"],
                 clock_skew=row["clock_skew"],
+                failed_code=row["failed_code"],
+                failed_message=row["failed_message"],
             )
         except (ValueError, TypeError, InputError) as e:
             raise StoreError(f"device row {row['device_id']!r} is corrupt: {e}") from e

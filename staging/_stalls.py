@@ -7,9 +7,16 @@ mid-download is *download_stalled*, not also *silent*):
    its byte count changed for ``stall_timeout_seconds``.
 2. ``reboot_overdue``: installing, rebooting or verifying for
    ``reboot_timeout_seconds``: it installed but did not come back.
-3. ``never_checked_in``: its wave opened ``stall_timeout_seconds`` ago or more
-   and it has not reported since.
-4. ``silent``: no report at all for ``silent_polls`` x ``poll_interval_seconds``.
+3. ``silent``: it reported once, but not for ``silent_polls`` x
+   ``poll_interval_seconds``.
+4. ``never_checked_in``: its wave opened ``stall_timeout_seconds`` ago or more
+   and it has not reported since (and is not silent).
+
+``silent`` is checked before ``never_checked_in`` so a verdict does not
+change kind while nothing happens: a device killed before its wave opened is
+silent from its first finding on, on the dashboard and in its alert alike
+(both call this function). Only when ``silent_seconds`` exceeds the stall
+timeout can a quiet device go from never checked in to silent.
 
 Devices that succeeded or failed in the rollout are never stalled (a failure
 is its own signal). Nothing here does I/O; the store narrows the candidates in
@@ -85,6 +92,17 @@ def find_stall(
                 f"{device.device_id} has been {device.state} for {_ago(now, since)} and has not "
                 f"come back from its reboot into {rollout.version}",
             )
+    if device.last_seen is not None and now - device.last_seen >= timedelta(
+        seconds=opts.silent_seconds
+    ):
+        return Finding(
+            "silent",
+            device.device_id,
+            wave,
+            device.last_seen,
+            f"{device.device_id} has been silent for {_ago(now, device.last_seen)} "
+            f"({opts.silent_polls} poll intervals of {opts.poll_interval_seconds} s)",
+        )
     opened = rollout.opened_at(wave)
     if (device.last_seen is None or device.last_seen < opened) and now - opened >= timedelta(
         seconds=opts.stall_timeout_seconds
@@ -97,16 +115,5 @@ def find_stall(
             f"{device.device_id} has not checked in since wave '{name}' opened "
             f"{_ago(now, opened)} ago (last seen "
             f"{'never' if device.last_seen is None else format_time(device.last_seen)})",
-        )
-    if device.last_seen is not None and now - device.last_seen >= timedelta(
-        seconds=opts.silent_seconds
-    ):
-        return Finding(
-            "silent",
-            device.device_id,
-            wave,
-            device.last_seen,
-            f"{device.device_id} has been silent for {_ago(now, device.last_seen)} "
-            f"({opts.silent_polls} poll intervals of {opts.poll_interval_seconds} s)",
         )
     return None

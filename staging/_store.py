@@ -393,6 +393,19 @@ class TrackerStore(ABC):
     # -- lifetime --------------------------------------------------------------
 
     @abstractmethod
+    def security_summary(self) -> list[dict[str, Any]]:
+        """Verification failures devices reported, per hardware id.
+
+        Each entry: ``hardware_id``, ``events``, ``devices`` (distinct),
+        ``codes`` (sorted list), ``rollouts`` (sorted ids, None left out),
+        ``last_event_id`` and ``last_at`` (RFC 3339).
+        """
+
+    @abstractmethod
+    def skewed_devices(self, threshold_seconds: float, limit: int) -> list[DeviceRecord]:
+        """Non-revoked devices whose last reported clock is off by more than the threshold."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the store's resources; the store is unusable afterwards."""
 

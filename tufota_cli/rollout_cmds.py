@@ -202,6 +202,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--region", default="", help="AWS region for SNS")
     p.add_argument("--endpoint-url", default="", help="AWS endpoint override for SNS")
     p.add_argument("--min-severity", default="info", choices=ALERT_SEVERITIES)
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="let this webhook reach loopback, link-local and cloud metadata addresses "
+        "(refused by default)",
+    )
     p.set_defaults(func=cmd_alert_sink)
 
     p = asub.add_parser("settings", help="show or change when fleet-wide alerts fire")
@@ -413,6 +419,7 @@ def render_fleet(status: FleetStatus, exposed_only: bool = False) -> str:
             "" if d["max_cvss"] is None else f"{d['max_cvss']:.1f}",
             " ".join(d["missing_fixes"][:3]) + (" ..." if len(d["missing_fixes"]) > 3 else ""),
             d["state"],
+            d["status"],
             d["last_seen"],
         ]
         for d in devices
@@ -428,12 +435,21 @@ def render_fleet(status: FleetStatus, exposed_only: bool = False) -> str:
                 "cvss",
                 "missing fixes",
                 "state",
+                "registration",
                 "last seen",
             ],
             rows,
         ),
         "",
-        "by version:  " + ", ".join(f"{v} {n}" for v, n in data["by_version"].items()),
+        # The table lists every device; the counts below skip revoked ones and say so.
+        "by status:   " + ", ".join(f"{k} {n}" for k, n in data["by_status"].items()),
+        "by version:  "
+        + ", ".join(f"{v} {n}" for v, n in data["by_version"].items())
+        + (
+            f" (revoked devices not counted: {data['by_status']['revoked']})"
+            if data["by_status"].get("revoked")
+            else ""
+        ),
         "by exposure: " + ", ".join(f"{k} {n}" for k, n in data["by_exposure"].items() if n),
     ]
     if data["by_cve"]:
@@ -501,10 +517,14 @@ def cmd_alert_sink(args: argparse.Namespace) -> int:
     with SqliteTrackerStore(repo.tracker_path) as store:
         settings = store.get_alert_settings()
         if args.sink_action == "list":
-            rows = [[s.name, s.kind, s.url or s.topic_arn, s.min_severity] for s in settings.sinks]
+            rows = [
+                [s.name, s.kind, s.url or s.topic_arn, s.min_severity, s.allow_private]
+                for s in settings.sinks
+            ]
             print(
                 table(
-                    ["name", "kind", "target", "min severity"], [["log", "log", "", "info"], *rows]
+                    ["name", "kind", "target", "min severity", "private ok"],
+                    [["log", "log", "", "info", ""], *rows],
                 )
             )
             return 0
@@ -527,6 +547,7 @@ def cmd_alert_sink(args: argparse.Namespace) -> int:
             region=args.region,
             endpoint_url=args.endpoint_url,
             min_severity=args.min_severity,
+            allow_private=args.allow_private,
         )
         if any(s.name == spec.name for s in settings.sinks):
             raise InputError(f"an alert sink named {spec.name} exists; remove it first")

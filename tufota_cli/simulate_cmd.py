@@ -77,7 +77,9 @@ class SimOptions:
     Attributes:
         hardware_id: the devices' hardware id.
         devices: how many.
-        prefix: device ids are ``<prefix>-00001`` ...
+        prefix: device ids are ``<prefix>-00001`` ...; empty means
+            ``sim-<hardware_id>``, so simulations of two hardware lines in one
+            tracker never reuse a device id.
         factory_version: the version every device starts on (None: nothing installed).
         canaries: the first this many devices carry the tag ``canary``.
         fail_percent: share of devices whose installs fail (0-100).
@@ -93,7 +95,7 @@ class SimOptions:
 
     hardware_id: str
     devices: int
-    prefix: str = "sim"
+    prefix: str = ""
     factory_version: str | None = None
     canaries: int = 0
     fail_percent: float = 0.0
@@ -105,6 +107,11 @@ class SimOptions:
     speedup: float = 1.0
     workers: int = 8
     seed: int = 1
+
+    @property
+    def device_prefix(self) -> str:
+        """The prefix of the simulated device ids (``prefix`` or ``sim-<hardware_id>``)."""
+        return self.prefix or f"sim-{self.hardware_id}"
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= 1_000_000:
@@ -118,7 +125,7 @@ class SimOptions:
             raise InputError("--workers must be between 1 and 256")
         if not 0 <= self.canaries <= self.devices:
             raise InputError("--canaries must be between 0 and --devices")
-        check_device_id(f"{self.prefix}-00001")
+        check_device_id(f"{self.device_prefix}-00001")
         if self.factory_version is not None:
             Version.parse(self.factory_version)
 
@@ -275,7 +282,7 @@ class Simulation:
         root.write_bytes(
             self.repo.trusted_root() if self.repo is not None else self._trusted_root or b""
         )
-        ids = [f"{opts.prefix}-{n + 1:05d}" for n in range(opts.devices)]
+        ids = [f"{opts.device_prefix}-{n + 1:05d}" for n in range(opts.devices)]
         failing = set(rng.sample(ids, round(opts.devices * opts.fail_percent / 100)))
         failing |= set(opts.fail_devices) & set(ids)
         healthy = [d for d in ids if d not in failing]
@@ -569,7 +576,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     options = SimOptions(
         hardware_id=args.hardware,
         devices=args.devices,
-        prefix=args.prefix or f"sim-{args.hardware}",
+        prefix=args.prefix or "",
         factory_version=args.factory_version,
         canaries=args.canaries,
         fail_percent=args.fail_percent,

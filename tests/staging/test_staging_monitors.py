@@ -414,6 +414,8 @@ def test_a_v1_tracker_file_is_migrated_with_cohorts(tmp_path: Path, clock: FakeC
         " ALTER TABLE devices DROP COLUMN cohort_wave;"
         " ALTER TABLE rollouts DROP COLUMN wave_times; UPDATE schema_version SET version = 1;"
         " DROP TABLE security_events; ALTER TABLE devices DROP COLUMN clock_skew;"
+        " ALTER TABLE devices DROP COLUMN failed_code;"
+        " ALTER TABLE devices DROP COLUMN failed_message;"
         " ALTER TABLE rollouts DROP COLUMN retry_generation;"
         " ALTER TABLE rollouts DROP COLUMN retried_at;"
     )
