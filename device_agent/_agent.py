@@ -45,7 +45,14 @@ from securesystemslib.signer import Signer
 from tqdm import tqdm
 from tuf.api.metadata import TargetFile
 
-from device_agent._bundle import check_bundle_firmware, default_target, read_bundle
+from device_agent._bundle import (
+    Bundle,
+    check_bundle_firmware,
+    default_target,
+    is_archive,
+    open_archive,
+    read_bundle,
+)
 from device_agent._config import AgentConfig
 from device_agent._decide import IDLE, DevicePolicy, check_firmware, decide
 from device_agent._download import ByteSource, Downloader, FileSource, HttpSource
@@ -53,6 +60,8 @@ from device_agent._errors import (
     BOOT_ATTEMPTS_EXHAUSTED,
     INSTALL_FAILED,
     REPORTED_TRANSPORT_CODES,
+    WRONG_HARDWARE,
+    coded,
 )
 from device_agent._http import FileFetcher, HttpFetcher, ReportSender, make_session
 from device_agent._identity import load_device_signer
@@ -650,8 +659,12 @@ class Agent:
 
     # -- offline bundles -------------------------------------------------------------
 
-    def install_bundle(self, directory: Path) -> CycleResult:
+    def install_bundle(self, path: Path) -> CycleResult:
         """Install the firmware in an offline bundle, verified against the trusted root.
+
+        ``path`` is an archive (``.tar.gz``/``.tgz``/``.tar`` from ``tufota release
+        export``), unpacked into a temporary directory under ``state_dir`` first,
+        or a directory copy of the repository's public tree (``_bundle``).
 
         The bundle's metadata goes through the same ngclient checks and the
         same metadata cache as online updates (so a bundle older than what the
@@ -660,7 +673,8 @@ class Agent:
         Reports are queued, not sent; the next online cycle delivers them.
 
         Raises:
-            InputError: the directory is not a bundle; a local file is missing.
+            InputError: the path is not a bundle (an upload bundle for the server
+                included); a local file is missing.
             RepositoryError: the local state or boot-control file is corrupt.
         """
         self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -672,7 +686,25 @@ class Agent:
                 f"an update to {self._state.target_version} is in progress ({self._state.state}); "
                 "run the agent to finish it first"
             )
-        bundle = read_bundle(directory)
+        if is_archive(path):
+            with open_archive(path, self.config.state_dir / "bundles", self.config.limits) as b:
+                return self._install_from(b, path)
+        return self._install_from(read_bundle(path), path)
+
+    def _install_from(self, bundle: Bundle, origin: Path) -> CycleResult:
+        parts = (bundle.target_path or "").split("/")
+        if len(parts) == 4 and parts[1] != self.config.hardware_id:
+            # Said before any metadata is read; the signed target is checked below anyway.
+            return self._refuse(
+                None,
+                coded(
+                    VerificationError(
+                        f"bundle {origin} is for hardware {parts[1]}, "
+                        f"this device is {self.config.hardware_id}"
+                    ),
+                    WRONG_HARDWARE,
+                ),
+            )
         fetcher = FileFetcher(self.config.limits.chunk_size)
         try:
             client = TufClient(self.config, fetcher, base_url=bundle.base_url)
@@ -691,7 +723,7 @@ class Agent:
             )
         except (TransportError, VerificationError) as e:
             return self._refuse(None, e)
-        logger.info("installing %s from bundle %s", firmware.version, directory)
+        logger.info("installing %s from bundle %s", firmware.version, origin)
         return self._download_and_install(
             client,
             info,

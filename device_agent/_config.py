@@ -182,6 +182,12 @@ class AgentLimits:
             next flush, so delivering reports never holds up the update check.
         max_report_answer_bytes: Largest answer to a report the agent reads; a
             longer (or endless) answer is cut there and the report kept.
+        max_bundle_members: Most members an offline bundle archive may have.
+        max_bundle_bytes: Most bytes all members of an offline bundle archive may
+            hold together, uncompressed (firmware cap plus room for metadata).
+        max_bundle_metadata_bytes: Largest metadata member of an offline bundle.
+        max_bundle_header_bytes: Largest tar header payload (long name, pax
+            record) read; a larger one is refused before it is read.
     """
 
     connect_timeout: float = 10.0
@@ -203,6 +209,10 @@ class AgentLimits:
     report_deadline: float = 20.0
     flush_deadline: float = 60.0
     max_report_answer_bytes: int = 64 * 1024
+    max_bundle_members: int = 4096
+    max_bundle_bytes: int = 2 * 1024**3 + 256 * 1024**2
+    max_bundle_metadata_bytes: int = 16 * 1024**2
+    max_bundle_header_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
