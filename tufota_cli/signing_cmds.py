@@ -185,7 +185,8 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise NotFoundError(f"directory {out.parent} does not exist")
-    key = generate_key(out, passphrase_source(confirm=True)(), args.type)
+    secret = passphrase_source(confirm=True).for_key(out.with_suffix(".key"))
+    key = generate_key(out, secret, args.type)
     print(f"wrote {out.with_suffix('.key')} (encrypted) and {key.path}")
     print(f"key id:     {key.keyid}")
     print(f"signer URI: {key.uri}")
