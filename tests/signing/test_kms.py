@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ from moto.kms.utils import ECDSAPrivateKey
 from moto.server import ThreadedMotoServer
 from tuf.api.metadata import Metadata, Targets
 
-from signing import import_kms_key, load_public_key, load_signer, sign_checked
+from repo_server import Repository
+from signing import KeyPassphrases, import_kms_key, load_public_key, load_signer, sign_checked
 from tufota_cli.main import main as tufota
 from tufota_core import InputError
 
@@ -97,3 +100,34 @@ def test_importing_a_symmetric_kms_key_is_refused(kms: Any, tmp_path: Path) -> N
     with pytest.raises(InputError):
         import_kms_key(key_id, tmp_path / "sym")
     assert not (tmp_path / "sym.pub").exists()
+
+
+def test_servers_share_a_kms_online_key_without_a_private_key_file(
+    kms: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("TUFOTA_PASSPHRASE"):
+            monkeypatch.delenv(name)
+    for name in ("ROOT", "TARGETS", "ROLLOUTS", "RELEASE_GW_100"):
+        monkeypatch.setenv(f"TUFOTA_PASSPHRASE_{name}", f"{name.lower()} passphrase")
+    assert tufota(["key", "import-kms", _ecc_key(kms, "alias/online"), "--out",
+                   str(tmp_path / "online-kms")]) == 0  # fmt: skip
+    repo = tmp_path / "repo"
+    assert tufota(["init", str(repo), "--online-key", str(tmp_path / "online-kms.pub")]) == 0
+    assert not (repo / "keys" / "online.key").exists()
+    assert load_public_key(repo / "keys" / "online.pub").uri.startswith("awskms:")
+    fw = tmp_path / "fw.img"
+    fw.write_bytes(b"kms firmware\n" * 100)
+    assert tufota(["release", "add", str(fw), "--repo", str(repo), "--hardware", "gw-100",
+                   "--version", "1.0.0"]) == 0  # fmt: skip
+    # A second server state directory names the same KMS key: it re-signs the online roles.
+    other = Repository.open(repo)
+    state = other.state()
+    online = load_public_key(repo / "keys" / "online.pub").keyid
+    assert set(state.root.signed.roles["timestamp"].keyids) == {online}
+    state.root.verify_delegate("snapshot", state.snapshot)
+    state.root.verify_delegate("timestamp", state.timestamp)
+    # Only the rollouts key file needs a passphrase; the KMS key needs none.
+    other.publisher(KeyPassphrases()).refresh_online(margin=timedelta(days=400))
+    assert other.state().timestamp.signed.version > state.timestamp.signed.version
+    assert tufota(["repo", "verify", "--repo", str(repo)]) == 0
