@@ -22,7 +22,13 @@ from device_agent._agent import (
     CycleResult,
     run_agent_loop,
 )
-from device_agent._config import AgentConfig, AgentLimits, render_agent_config
+from device_agent._config import (
+    DURATION_BOUNDS,
+    AgentConfig,
+    AgentLimits,
+    parse_duration,
+    render_agent_config,
+)
 from device_agent._installer import (
     ABSimulator,
     BootResult,
@@ -39,6 +45,7 @@ __all__ = [
     "ACTION_ROLLED_BACK",
     "ACTION_SUCCEEDED",
     "ACTION_UNREACHABLE",
+    "DURATION_BOUNDS",
     "ABSimulator",
     "Agent",
     "AgentConfig",
@@ -48,6 +55,7 @@ __all__ = [
     "CycleResult",
     "Installer",
     "init_slots",
+    "parse_duration",
     "render_agent_config",
     "run_agent_loop",
 ]

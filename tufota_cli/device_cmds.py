@@ -16,7 +16,7 @@ from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner
 
-from device_agent import init_slots, render_agent_config
+from device_agent import DURATION_BOUNDS, init_slots, parse_duration, render_agent_config
 from repo_server import (
     Repository,
     device_json,
@@ -31,9 +31,11 @@ from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import (
     InputError,
     NotFoundError,
+    Version,
     check_device_id,
     check_hardware_id,
     check_tag,
+    check_window,
     product_role,
 )
 
@@ -57,7 +59,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="version of the image the device ships with (default: none installed)",
     )
-    p.add_argument("--poll-interval", type=float, default=300.0)
+    p.add_argument(
+        "--poll-interval",
+        default="5m",
+        help="how often the agent checks for a rollout: seconds or 10s, 5m, 1h (1s-1d; "
+        "default 5m; short intervals suit a test session, not a fleet)",
+    )
+    p.add_argument(
+        "--min-version",
+        default=None,
+        help="floor the device never installs below, whatever a rollout document says",
+    )
+    p.add_argument(
+        "--maintenance-window",
+        default=None,
+        help="the device's own window, e.g. 'Sat 02:00-04:00 UTC'; rollouts can only narrow it",
+    )
     p.add_argument("--health-command", default="", help="command whose exit 0 means healthy")
     p.add_argument(
         "--ca-bundle",
@@ -107,17 +124,33 @@ def provision_device(
     poll_interval: float = 300.0,
     health_command: str = "",
     ca_bundle: Path | None = None,
+    min_version: str | None = None,
+    maintenance_window: str | None = None,
 ) -> Path:
     """Create the device's key pair, register it as accepted, write ``out/agent.toml``.
 
+    ``min_version`` and ``maintenance_window`` go to the device's ``[policy]``:
+    limits a rollout document signed with the online key cannot widen.
+
     Raises:
-        InputError: bad id or tag, or ``out`` is not empty.
+        InputError: bad id, tag, interval, version or window, or ``out`` is not empty.
         NotFoundError: the hardware id has no release.
         ConflictError: the device id is registered already.
     """
     check_device_id(device_id)
     for tag in tags:
         check_tag(tag)
+    # Every value the agent.toml will hold is checked before anything is written.
+    render_agent_config(
+        device_id=device_id,
+        hardware_id=hardware_id,
+        server_url=server_url or repo.config.server_url,
+        tags=tags,
+        poll_interval=poll_interval,
+        health_command=health_command,
+        min_version=min_version or "",
+        maintenance_window=maintenance_window or "",
+    )
     state = repo.state()
     find_product(state.targets, hardware_id)
     product = state.roles.get(product_role(hardware_id))
@@ -150,6 +183,8 @@ def provision_device(
                 poll_interval=poll_interval,
                 health_command=health_command,
                 ca_bundle="ca.pem" if ca_pem is not None else "",
+                min_version=min_version or "",
+                maintenance_window=maintenance_window or "",
             )
         )
         init_slots(work / "slots", factory_version)
@@ -197,11 +232,20 @@ def _tags(text: str) -> list[str]:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     tags = _tags(args.tags)
+    interval = parse_duration(
+        args.poll_interval, "--poll-interval", DURATION_BOUNDS["poll.interval"]
+    )
+    for option, version in (
+        ("--factory-version", args.factory_version),
+        ("--min-version", args.min_version),
+    ):
+        if version is not None:
+            try:
+                Version.parse(version)
+            except InputError as e:
+                raise InputError(f"{option}: {e}") from None
+    window = check_window(args.maintenance_window)
     repo = open_repository(args)
-    if args.factory_version is not None:
-        from tufota_core import Version
-
-        Version.parse(args.factory_version)
     config = provision_device(
         repo,
         args.device_id,
@@ -210,9 +254,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
         tags,
         args.server_url,
         args.factory_version,
-        args.poll_interval,
+        interval,
         args.health_command,
         Path(args.ca_bundle) if args.ca_bundle else None,
+        args.min_version,
+        window,
     )
     print(
         f"provisioned {args.device_id} ({args.hardware}); run: tufota-agent run --config {config}"
