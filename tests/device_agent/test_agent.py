@@ -6,6 +6,7 @@ import dataclasses
 import json
 import socket
 import threading
+import time
 
 import pytest
 from securesystemslib.signer import CryptoSigner
@@ -396,3 +397,17 @@ def test_poll_loop_boots_an_installed_image_at_once_then_waits(env: Env) -> None
 
     assert [r.action for r in seen] == [ACTION_REBOOTING, ACTION_SUCCEEDED]
     assert last.installed_version == "1.1.0"
+
+
+def test_the_poll_loop_checks_for_a_rollout_as_soon_as_it_starts(env: Env) -> None:
+    env.repo.add_firmware("1.1.0")
+    env.repo.set_rollout("1.1.0")
+    env.repo.publish()
+    config = dataclasses.replace(env.config, poll_interval=3600.0)
+    stop = threading.Event()
+    started = time.monotonic()
+
+    first = run_agent_loop(config, stop=stop, on_cycle=lambda r: stop.set())
+
+    assert first.action == ACTION_REBOOTING
+    assert time.monotonic() - started < 30  # not after an hour's interval
