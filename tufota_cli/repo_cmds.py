@@ -176,9 +176,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.storage:
         print(f"  publishing to {repo.config.storage}; {repo.path} holds keys, tokens, tracker")
     print(f"  root v{state.root.signed.version}; server keys (online, rollouts) in {repo.keys_dir}")
+    print(f"  devices will use {repo.config.server_url}")
     print(f"signing directory {repo.signing_dir} (root and targets keys, {TRUSTED_ROOT}):")
     print("  it is not the server's: move it to the signing workstation or offline media")
-    print(f"  devices will use {repo.config.server_url}")
     if shared:
         online_env = " and ".join(
             passphrase_env_name(Path(f"{n}.key")) for n in ("online", "rollouts")
