@@ -104,6 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise SystemExit("tufota: error: --canaries must be between 2 and --devices")
     if args.workspace:
         workspace = Path(args.workspace)
+        workspace.mkdir(parents=True, exist_ok=True)
         keep = True
     else:
         workspace = Path(tempfile.mkdtemp(prefix="tufota-demo-"))
