@@ -62,6 +62,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_VIEWER: dict[str, dict[str, str]] = {}  # a viewer token's header per server URL
+
+
 @pytest.fixture
 def served_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     repo = tmp_path / "repo"
@@ -82,6 +85,9 @@ def served_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
             "--version",
             version,
         )
+    # API reads need a token; 'token create' prints only the token on stdout.
+    token = tufota("token", "create", "--name", "e2e", "--role", "viewer", "--repo", str(repo))
+    _VIEWER[url] = {"Authorization": f"Bearer {token.strip()}"}
     server = subprocess.Popen(
         [
             str(BIN / "tufota"),
@@ -116,7 +122,9 @@ def served_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _rollout(url: str) -> dict[str, object]:
-    rollouts = requests.get(f"{url}/api/v1/rollouts", timeout=5).json()["rollouts"]
+    rollouts = requests.get(f"{url}/api/v1/rollouts", headers=_VIEWER[url], timeout=5).json()[
+        "rollouts"
+    ]
     assert len(rollouts) == 1
     return rollouts[0]  # type: ignore[no-any-return]
 
@@ -185,7 +193,9 @@ def test_signed_release_reaches_every_device_in_two_waves(
 
     fleet = json.loads(tufota("fleet", "status", "--repo", str(repo), "--json"))
     assert {d["installed_version"] for d in fleet["devices"]} == {"1.1.0"}
-    history = requests.get(f"{url}/api/v1/devices/dev-0", timeout=5).json()["history"]
+    history = requests.get(f"{url}/api/v1/devices/dev-0", headers=_VIEWER[url], timeout=5).json()[
+        "history"
+    ]
     assert any(e.get("state") == "succeeded" for e in history)
 
 
