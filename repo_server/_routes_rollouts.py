@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Request
 
 from repo_server._context import ServerContext
 from repo_server._releases import release_catalog
+from repo_server._watchdog import published_rollouts
 from staging import ALERT_KINDS, build_plan
 from tufota_core import InputError, NotFoundError, check_hardware_id
 
@@ -77,6 +78,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     ctx.controller.attach_repository(
         expiries=ctx.publisher.expiries,
         releases=lambda: release_catalog(ctx.publisher.state()),
+        published=lambda: published_rollouts(ctx.publisher.storage),
     )
     router = APIRouter()
     read = [Depends(ctx.require("read"))]
@@ -209,12 +211,8 @@ def build_router(ctx: ServerContext) -> APIRouter:
     async def resolve(alert_id: int, request: Request) -> dict[str, Any]:
         """Resolve an alert by hand (it opens again if its condition persists)."""
         data = await _body(request)
-        alert = ctx.store.resolve_alert(
-            alert_id,
-            at=ctx.controller.now(),
-            resolution=_reason(data, "resolved by an operator"),
-            sinks=ctx.store.get_alert_settings().sinks,
-        )
+        # Through the controller: a resolved document divergence re-publishes the tracker's.
+        alert = ctx.controller.resolve_alert(alert_id, _reason(data, "resolved by an operator"))
         return alert.to_json()
 
     return router

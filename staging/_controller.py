@@ -24,6 +24,16 @@ Invariants:
   once. A failing monitor or sink is logged and never stops the tick.
 * Each tick ends by delivering due notifications (``deliver``); a sink that
   fails is skipped for the rest of that round and retried with backoff.
+* Watchdog (a stolen online key can change pace): every tick the documents
+  devices would read (``published``, verified like a device) are compared
+  with what the tracker would publish for each hardware id's newest settled
+  rollout; any difference opens one critical ``rollout_diverged`` alert
+  ("rollout document diverged: online key compromise?") and the controller
+  refuses to sign anything for that hardware id until an operator resolves
+  it (``resolve_alert``, which then re-publishes the tracker's document).
+  Device reports that contradict the tracker (installing outside the open
+  waves, starting after a pause or abort, a release no rollout offered) open
+  the same kind of alert, one per device.
 """
 
 from __future__ import annotations
@@ -64,6 +74,41 @@ _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _PUBLISH_ATTEMPTS = 3
 ONLINE_ROLES = ("timestamp", "snapshot", "rollouts")
 _FINAL = ("aborted", "completed")
+_DIVERGED = "diverged:"
+_COMPARED = (
+    "rollout_id",
+    "version",
+    "target_path",
+    "waves",
+    "current_wave",
+    "state",
+    "maintenance_window",
+    "retry",
+)
+
+
+def _doc_differences(expected: RolloutDoc | None, found: RolloutDoc | str | None) -> list[str]:
+    """What differs between the tracker's document and the published one, in words."""
+    if isinstance(found, str):
+        return [found]
+    if expected is None and found is None:
+        return []
+    if expected is None:
+        assert found is not None
+        return [f"published rollout {found.rollout_id} ({found.state}) the tracker does not know"]
+    if found is None:
+        return [f"rollout {expected.rollout_id} is not published"]
+    differences = []
+    for name in _COMPARED:
+        want, got = getattr(expected, name), getattr(found, name)
+        if want != got:
+            if name == "waves":
+                differences.append("waves differ")
+            elif name == "current_wave":
+                differences.append(f"current wave {got + 1}, tracker {want + 1}")
+            else:
+                differences.append(f"{name.replace('_', ' ')} {got!r}, tracker {want!r}")
+    return differences
 
 
 @dataclass
@@ -121,6 +166,9 @@ class RolloutController:
         expiries: when each published role expires (``Publisher.expiries``);
             None disables the metadata-expiry monitor.
         releases: the signed release catalog; None disables the patch monitor.
+        published: the rollout documents devices would read, per hardware id
+            (a document, or why it does not verify); None disables the
+            document watchdog.
     """
 
     def __init__(
@@ -133,8 +181,10 @@ class RolloutController:
         sink_factory: Callable[[SinkSpec], AlertSink] = build_sink,
         expiries: Callable[[], Mapping[str, datetime]] | None = None,
         releases: Callable[[], ReleaseCatalog] | None = None,
+        published: Callable[[], Mapping[str, RolloutDoc | str]] | None = None,
     ) -> None:
         self._store = store
+        self._published = published
         self._publisher = publisher
         self._clock = clock
         self._config = config or StagingConfig()
@@ -159,12 +209,15 @@ class RolloutController:
         *,
         expiries: Callable[[], Mapping[str, datetime]] | None = None,
         releases: Callable[[], ReleaseCatalog] | None = None,
+        published: Callable[[], Mapping[str, RolloutDoc | str]] | None = None,
     ) -> None:
         """Give the fleet-wide monitors their sources (the server does this at start)."""
         if expiries is not None:
             self._expiries = expiries
         if releases is not None:
             self._releases = releases
+        if published is not None:
+            self._published = published
 
     # -- operator actions --------------------------------------------------------
 
@@ -189,6 +242,7 @@ class RolloutController:
         check_hardware_id(hardware_id)
         Version.parse(version)
         validate_waves(list(waves))
+        self._refuse_if_diverged(hardware_id)
         opts = options or RolloutOptions()
         rollout = self._store.create_rollout(
             new_rollout_id(hardware_id, version),
@@ -354,6 +408,7 @@ class RolloutController:
                 f"cannot {action} rollout {rollout_id}: it is {current.state}; "
                 f"{action} needs a rollout that is {' or '.join(allowed)}"
             )
+        self._refuse_if_diverged(current.hardware_id)
         changed, _ = self._store.update_rollout_state(
             rollout_id,
             expected_revision=current.revision,
@@ -389,6 +444,7 @@ class RolloutController:
         report = TickReport()
         self.last_tick = report
         with_alerts = {a.rollout_id for a in self._store.list_alerts(open_only=True)}
+        watched: set[str] = set()
         for rollout in self._store.list_rollouts():
             if rollout.state == "active":
                 try:
@@ -398,7 +454,11 @@ class RolloutController:
             latest = rollout
             if rollout.state == "active":  # this tick may have changed it
                 latest = self._store.get_rollout(rollout.rollout_id)
-            if self._publisher is not None and latest.published_revision < latest.revision:
+            if (
+                self._publisher is not None
+                and latest.published_revision < latest.revision
+                and self._diverged(latest.hardware_id) is None
+            ):
                 try:
                     self._publish(latest)
                 except TufotaError as e:
@@ -409,11 +469,18 @@ class RolloutController:
                     )
             if latest.live or latest.rollout_id in with_alerts:
                 self._watch_guarded(latest)
+            if latest.hardware_id not in watched:
+                watched.add(latest.hardware_id)  # newest first: the hardware id's newest
+                self._guard(
+                    f"device reports of rollout {latest.rollout_id}",
+                    partial(self._watch_devices, latest),
+                )
         now = self._clock()
         due = self._fleet_checked is None or now - self._fleet_checked >= timedelta(
             seconds=self._config.fleet_check_seconds
         )
         self._guard("security event check", lambda: self._watch_security(now))
+        self._guard("rollout document watchdog", lambda: self._watch_published(now))
         if due:
             self._fleet_checked = now
             self._guard("metadata expiry check", lambda: self._watch_expiry(now))
@@ -528,6 +595,115 @@ class RolloutController:
                 )
             )
         self._sync(stall_scope, drafts, now, "the device reported progress again", complete)
+
+    def _diverged(self, hardware_id: str) -> Alert | None:
+        """The open document-divergence alert of ``hardware_id``, if any."""
+        for alert in self._store.list_alerts(open_only=True, kinds=["rollout_diverged"]):
+            if alert.key == f"{_DIVERGED}{hardware_id}":
+                return alert
+        return None
+
+    def _refuse_if_diverged(self, hardware_id: str) -> None:
+        alert = self._diverged(hardware_id)
+        if alert is not None:
+            raise ConflictError(
+                f"refusing to sign for {hardware_id}: its published rollout document diverged "
+                f"from the tracker (alert {alert.alert_id}); rotate the online keys, then "
+                f"'tufota alert resolve {alert.alert_id}' re-publishes the tracker's document"
+            )
+
+    def resolve_alert(self, alert_id: int, reason: str) -> Alert:
+        """Resolve an alert by hand; a resolved document divergence re-publishes the tracker's.
+
+        Raises:
+            NotFoundError: no such alert.
+            ConflictError: the alert is already resolved.
+        """
+        alert = self._store.resolve_alert(
+            alert_id,
+            at=self._clock(),
+            resolution=reason,
+            sinks=self._settings().sinks,
+        )
+        if alert.kind == "rollout_diverged" and alert.key == f"{_DIVERGED}{alert.hardware_id}":
+            newest = self._store.list_rollouts(alert.hardware_id)
+            if newest:
+                # The next tick signs the tracker's view again, over the forged document.
+                self._store.mark_unpublished(newest[0].rollout_id)
+        return alert
+
+    def _watch_published(self, now: datetime) -> None:
+        """``rollout_diverged`` when a published document is not what the tracker would publish."""
+        if self._published is None:
+            return
+        published = self._published()
+        newest: dict[str, RolloutRecord] = {}
+        for record in self._store.list_rollouts():  # newest first
+            newest.setdefault(record.hardware_id, record)
+        drafts = []
+        for hw in sorted(set(newest) | set(published)):
+            rollout = newest.get(hw)
+            found = published.get(hw)
+            if rollout is not None and rollout.published_revision < rollout.revision:
+                continue  # our own change is on its way; compare once it settled
+            expected = None if rollout is None else self.doc_for(rollout)
+            differences = _doc_differences(expected, found)
+            if not differences:
+                continue
+            drafts.append(
+                AlertDraft(
+                    key=f"{_DIVERGED}{hw}",
+                    kind="rollout_diverged",
+                    severity="critical",
+                    summary=(
+                        f"rollout document diverged: online key compromise? The published "
+                        f"rollouts/{hw}.json differs from the tracker ({'; '.join(differences)})"
+                    ),
+                    hardware_id=hw,
+                    rollout_id=None if rollout is None else rollout.rollout_id,
+                    details={
+                        "source": "document",
+                        "differences": differences,
+                        "published": found
+                        if isinstance(found, str) or found is None
+                        else found.to_json(),
+                        "expected": None if expected is None else expected.to_json(),
+                    },
+                )
+            )
+        self._sync(_DIVERGED, drafts, now, "resolved", resolve_missing=False)
+
+    def _watch_devices(self, rollout: RolloutRecord) -> None:
+        """``rollout_diverged`` per device whose reports contradict the tracker."""
+        now = self._clock()
+        found = self._store.unexpected_installs(rollout, self._config.max_findings_per_rollout)
+        drafts = [
+            AlertDraft(
+                key=f"{_DIVERGED}{rollout.hardware_id}:device:{device.device_id}",
+                kind="rollout_diverged",
+                severity="critical",
+                summary=f"rollout document diverged: online key compromise? {text}",
+                hardware_id=rollout.hardware_id,
+                rollout_id=rollout.rollout_id,
+                device_id=device.device_id,
+                details={
+                    "source": "device",
+                    "state": device.state,
+                    "target_version": device.target_version,
+                    "installed_version": device.installed_version,
+                    "reported_rollout": device.rollout_id,
+                },
+            )
+            for text, device in found
+        ]
+        if drafts:
+            self._sync(
+                f"{_DIVERGED}{rollout.hardware_id}:device:",
+                drafts,
+                now,
+                "resolved",
+                resolve_missing=False,
+            )
 
     def _watch_security(self, now: datetime) -> None:
         """``verification_failed`` per hardware id whose devices refused data.

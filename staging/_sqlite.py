@@ -1131,6 +1131,82 @@ class SqliteTrackerStore(TrackerStore):
             ).fetchall()
         return [r["device_id"] for r in rows]
 
+    def mark_unpublished(self, rollout_id: str) -> None:
+        with self._tx(write=True) as conn:
+            self._rollout(conn, rollout_id)
+            conn.execute(
+                "UPDATE rollouts SET published_revision = 0 WHERE rollout_id = ?", (rollout_id,)
+            )
+
+    def unexpected_installs(
+        self, rollout: RolloutRecord, limit: int
+    ) -> list[tuple[str, DeviceRecord]]:
+        working = "('downloading', 'downloaded', 'installing', 'rebooting', 'verifying')"
+        found: list[tuple[str, DeviceRecord]] = []
+        with self._tx(write=False) as conn:
+            newest = self._newest_rollout(conn, rollout.hardware_id)
+            params: dict[str, Any] = {
+                "rid": rollout.rollout_id,
+                "version": rollout.version,
+                "current": rollout.current_wave,
+                "hw": rollout.hardware_id,
+                "stopped": format_time(rollout.updated_at),
+                "limit": max(0, limit),
+            }
+            if newest is not None and newest.rollout_id == rollout.rollout_id:
+                rows = conn.execute(
+                    "SELECT * FROM devices WHERE cohort_rollout = :rid AND status != 'revoked'"  # noqa: S608 - fixed SQL, values bound
+                    " AND (cohort_wave > :current OR cohort_wave < 0)"
+                    " AND (installed_version = :version OR ((target_version = :version"
+                    f"  OR rollout_id = :rid) AND state IN {working}))"
+                    " ORDER BY device_id LIMIT :limit",
+                    params,
+                ).fetchall()
+                for row in rows:
+                    wave = int(row["cohort_wave"])
+                    where = "no wave" if wave < 0 else f"wave {wave + 1}"
+                    found.append(
+                        (
+                            f"{row['device_id']} reports {row['state']} of {rollout.version} "
+                            f"from {where}, but rollout {rollout.rollout_id} has opened only "
+                            f"up to wave {rollout.current_wave + 1}",
+                            self._device_from_row(row),
+                        )
+                    )
+            if rollout.state in ("paused", "aborted"):
+                rows = conn.execute(
+                    "SELECT * FROM devices WHERE hardware_id = :hw AND status != 'revoked'"
+                    " AND (target_version = :version OR rollout_id = :rid)"
+                    " AND state = 'downloading' AND state_since > :stopped"
+                    " ORDER BY device_id LIMIT :limit",
+                    params,
+                ).fetchall()
+                for row in rows:
+                    found.append(
+                        (
+                            f"{row['device_id']} started downloading {rollout.version} at "
+                            f"{row['state_since']}, after rollout {rollout.rollout_id} was "
+                            f"{rollout.state}",
+                            self._device_from_row(row),
+                        )
+                    )
+            rows = conn.execute(
+                "SELECT * FROM devices WHERE hardware_id = :hw AND status != 'revoked'"  # noqa: S608 - fixed SQL, values bound
+                f" AND state IN {working} AND target_version IS NOT NULL"
+                " AND target_version NOT IN (SELECT version FROM rollouts WHERE hardware_id = :hw)"
+                " ORDER BY device_id LIMIT :limit",
+                params,
+            ).fetchall()
+            for row in rows:
+                found.append(
+                    (
+                        f"{row['device_id']} reports {row['state']} of {row['target_version']}, "
+                        f"a release no rollout of {rollout.hardware_id} offered",
+                        self._device_from_row(row),
+                    )
+                )
+        return found
+
     def security_summary(self) -> list[dict[str, Any]]:
         with self._tx(write=False) as conn:
             rows = conn.execute(

@@ -393,6 +393,26 @@ class TrackerStore(ABC):
     # -- lifetime --------------------------------------------------------------
 
     @abstractmethod
+    def mark_unpublished(self, rollout_id: str) -> None:
+        """Make the next ``tick`` publish the rollout's latest revision again.
+
+        Raises:
+            NotFoundError: no such rollout.
+        """
+
+    @abstractmethod
+    def unexpected_installs(
+        self, rollout: RolloutRecord, limit: int
+    ) -> list[tuple[str, DeviceRecord]]:
+        """Devices whose reports contradict what the tracker offered, with the reason.
+
+        For the hardware id's newest rollout: working on or running its
+        release from a wave that is not open, or having started a download
+        after the rollout was paused or aborted; and, for the hardware id,
+        working towards a version no rollout of the tracker offered.
+        """
+
+    @abstractmethod
     def security_summary(self) -> list[dict[str, Any]]:
         """Verification failures devices reported, per hardware id.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from repo_server import Publisher, Repository, release_catalog
+from repo_server._watchdog import published_rollouts
 from signing import find_product
 from staging import (
     ALERT_SEVERITIES,
@@ -249,6 +250,7 @@ def controller(repo: Repository, *, signing: bool = True) -> RolloutController:
         publisher,
         expiries=publisher.expiries,
         releases=lambda: release_catalog(repo.state()),
+        published=lambda: published_rollouts(repo.storage),
     )
 
 
@@ -501,12 +503,7 @@ def cmd_alert_list(args: argparse.Namespace) -> int:
 def cmd_alert_resolve(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     ctl = controller(repo, signing=False)
-    alert = ctl.store.resolve_alert(
-        args.alert_id,
-        at=ctl.now(),
-        resolution=args.reason,
-        sinks=ctl.store.get_alert_settings().sinks,
-    )
+    alert = ctl.resolve_alert(args.alert_id, args.reason)
     ctl.deliver()
     print(f"alert {alert.alert_id} resolved: {alert.resolution}")
     return 0
