@@ -27,14 +27,20 @@ Only the standard library is used (lzma, hashlib).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import lzma
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tufota_core import InstallError, VerificationError
+from tuf.api.metadata import TargetFile
+
+from device_agent._download import Downloader, DownloadResult, Expected, file_matches
+from device_agent._tufclient import TufClient
+from tufota_core import InputError, InstallError, VerificationError
 from tufota_core._delta import (
     DELTA_HEADER,
     DELTA_MAGIC,
@@ -43,8 +49,11 @@ from tufota_core._delta import (
     OP_END,
     OP_INSERT,
     DeltaInfo,
+    delta_target_path,
     unzigzag,
 )
+
+logger = logging.getLogger(__name__)
 
 DELTA_MALFORMED = "delta_malformed"
 DELTA_SOURCE_MISMATCH = "delta_source_mismatch"
@@ -65,7 +74,7 @@ class DeltaLimits:
         fsync: Flush the reconstructed image to stable storage before the rename.
     """
 
-    chunk_size: int = 1024 * 1024
+    chunk_size: int = 256 * 1024
     memlimit: int = 16 * 1024 * 1024
     fsync: bool = True
 
@@ -85,16 +94,22 @@ def _error(code: str, message: str) -> VerificationError:
 
 
 class _Stream:
-    """Decompresses one xz section of the delta file in bounded memory."""
+    """Decompresses one xz section of the delta file in bounded memory.
+
+    Holds at most one input piece and one output piece (``_PIECE`` or the
+    size of the read asked for) besides the decoder's dictionary.
+    """
+
+    _PIECE = 64 * 1024
 
     def __init__(self, f: IO[bytes], offset: int, length: int, name: str, limits: DeltaLimits):
         self._f = f
         self._pos = offset
         self._left = length
         self._name = name
-        self._chunk = limits.chunk_size
         self._decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=limits.memlimit)
-        self._buffer = b""
+        self._buf = b""
+        self._off = 0
 
     def _more(self, want: int) -> bytes:
         try:
@@ -105,7 +120,7 @@ class _Stream:
             if not self._left:
                 return b""
             self._f.seek(self._pos)
-            data = self._f.read(min(self._chunk, self._left))
+            data = self._f.read(min(self._PIECE, self._left))
             if not data:
                 raise _error(DELTA_TRUNCATED, f"delta file ends inside its {self._name} stream")
             self._pos += len(data)
@@ -116,20 +131,33 @@ class _Stream:
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or raise ``delta_truncated``."""
-        parts = [self._buffer[:n]]
+        end = self._off + n
+        if end <= len(self._buf):
+            self._off = end
+            return self._buf[end - n : end]
+        parts = [self._buf[self._off :]]
         got = len(parts[0])
-        self._buffer = self._buffer[n:]
+        self._buf, self._off = b"", 0
         while got < n:
-            data = self._more(n - got)
+            data = self._more(max(n - got, self._PIECE))
             if not data:
                 if self._decoder.eof or (self._decoder.needs_input and not self._left):
                     raise _error(DELTA_TRUNCATED, f"delta {self._name} stream ends early")
                 continue
-            parts.append(data)
-            got += len(data)
+            need = n - got
+            if len(data) > need:
+                parts.append(data[:need])
+                self._buf, self._off = data, need
+                got = n
+            else:
+                parts.append(data)
+                got += len(data)
         return b"".join(parts)
 
     def byte(self) -> int:
+        if self._off < len(self._buf):
+            self._off += 1
+            return self._buf[self._off - 1]
         return self.read(1)[0]
 
     def varint(self) -> int:
@@ -144,7 +172,7 @@ class _Stream:
 
     def finish(self) -> None:
         """The stream must be complete, with nothing after its end."""
-        if self._buffer:
+        if self._off < len(self._buf):
             raise _error(DELTA_TOO_LONG, f"delta {self._name} stream has bytes left over")
         while not self._decoder.eof:
             data = self._more(1)
@@ -355,3 +383,133 @@ def _replay(
     for stream in (ops, diff, extra):
         stream.finish()
     return written, h.hexdigest()
+
+
+# -- choosing and fetching a delta (the orchestrator's side) -----------------------------
+
+
+@dataclass(frozen=True)
+class DeltaOutcome:
+    """How the new image was obtained.
+
+    Attributes:
+        used: True when the image was rebuilt from a delta.
+        source_version: The installed version the delta started from.
+        fetched: Bytes received for the delta (0 when reused).
+        delta_length: Size of the delta target.
+        fallback_code: Why a delta that was tried was not used (None: not tried or used).
+    """
+
+    used: bool
+    source_version: str | None = None
+    fetched: int = 0
+    delta_length: int = 0
+    fallback_code: str | None = None
+
+
+NOT_TRIED = DeltaOutcome(used=False)
+
+
+def _marker(download_dir: Path, result_sha256: str) -> Path:
+    # A delta for this image failed once: later cycles fetch the full image.
+    return download_dir / f"{result_sha256}.no-delta"
+
+
+def fetch_via_delta(
+    client: TufClient,
+    downloader: Downloader,
+    *,
+    hardware_id: str,
+    installed_version: str | None,
+    active_image: Path | None,
+    result: TargetFile,
+    dest: Path,
+    limits: DeltaLimits | None = None,
+) -> tuple[DownloadResult | None, DeltaOutcome]:
+    """Try to obtain ``result`` at ``dest`` through a signed delta from the installed image.
+
+    Returns ``(None, outcome)`` when the caller must download the full image:
+    no delta is signed for this pair, the slot holds no readable image, or a
+    delta was tried and refused (``outcome.fallback_code`` says why; the
+    refusal is remembered so the next cycle goes straight to the full image).
+
+    Raises:
+        TransportError: the delta download was cut; its partial is kept and
+            the next cycle resumes it, as for full images.
+        InstallError: the image could not be written (e.g. disk full).
+    """
+    sha256 = result.hashes.get("sha256")
+    if installed_version is None or active_image is None or sha256 is None:
+        return None, NOT_TRIED
+    if _marker(client.download_dir, sha256).exists() or not active_image.is_file():
+        return None, NOT_TRIED
+    if dest.is_file() and file_matches(dest, Expected.from_target(result)) is not None:
+        return None, NOT_TRIED  # already rebuilt or downloaded: the full path reuses it
+    file_name = result.path.rsplit("/", 1)[-1]
+    try:
+        version = result.path.split("/")[2]
+        path = delta_target_path(hardware_id, version, file_name, installed_version)
+    except (IndexError, InputError):
+        return None, NOT_TRIED
+    try:
+        target = client.targetinfo(path)
+    except VerificationError as e:
+        logger.warning("delta %s is not trusted (%s): fetching the full image", path, e.code)
+        return None, DeltaOutcome(used=False, fallback_code=e.code)
+    if target is None:
+        return None, NOT_TRIED
+    outcome = DeltaOutcome(used=False, source_version=installed_version, delta_length=target.length)
+    try:
+        try:
+            info = DeltaInfo.from_custom(target.custom)
+        except InputError as e:
+            raise _error(DELTA_MALFORMED, f"delta {path}: {e}") from e
+        check_delta_info(
+            info,
+            hardware_id=hardware_id,
+            result_target=result.path,
+            result_length=result.length,
+            result_sha256=sha256,
+        )
+        if info.source_version != installed_version:
+            raise _error(DELTA_SOURCE_MISMATCH, f"delta {path} starts from {info.source_version}")
+        if target.length >= result.length:
+            return None, NOT_TRIED
+        staged = client.download_dir / f"{target.hashes.get('sha256', 'delta')}.tfdelta"
+        fetched = client.download(target, staged, downloader)
+        applied = apply_delta(
+            info,
+            active_image,
+            staged,
+            dest,
+            hardware_id=hardware_id,
+            result_target=result.path,
+            result_length=result.length,
+            result_sha256=sha256,
+            limits=limits,
+        )
+        staged.unlink(missing_ok=True)
+    except VerificationError as e:
+        logger.warning("delta %s refused (%s): %s; fetching the full image", path, e.code, e)
+        with contextlib.suppress(OSError):
+            _marker(client.download_dir, sha256).touch()
+        return None, DeltaOutcome(
+            used=False,
+            source_version=installed_version,
+            delta_length=target.length,
+            fallback_code=e.code,
+        )
+    logger.info(
+        "rebuilt %s from a %d-byte delta (%d fetched) of the installed %s",
+        result.path,
+        target.length,
+        fetched.fetched,
+        installed_version,
+    )
+    done = DownloadResult(dest, applied.sha256, fetched.fetched, fetched.resumed_from)
+    return done, DeltaOutcome(
+        used=True,
+        source_version=installed_version,
+        fetched=fetched.fetched,
+        delta_length=outcome.delta_length,
+    )

@@ -111,10 +111,12 @@ json.dump({"sections": s.sections, "copied": s.copied, "diffed": s.diffed,
 """
 
 APPLY = """
-import hashlib, sys
+import hashlib, json, resource, sys, time
 from pathlib import Path
 from device_agent._delta import apply_delta
 from tufota_core._delta import DeltaInfo
+# The agent process has these modules loaded anyway: note what applying adds.
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def sha(p):
     h = hashlib.sha256()
     with open(p, "rb") as f:
@@ -125,14 +127,18 @@ old, new, delta, out = map(Path, sys.argv[1:5])
 result = sys.argv[5]
 info = DeltaInfo("bench", "1.0.0", old.stat().st_size, sha(old), result, "2.0.0",
                  new.stat().st_size, sha(new))
+start = time.monotonic()
 apply_delta(info, old, delta, out, hardware_id="bench", result_target=result,
             result_length=info.result_length, result_sha256=info.result_sha256)
+json.dump({"apply_s": time.monotonic() - start, "rss_base_mib": round(base / 1024, 1)},
+          open(sys.argv[6], "w"))
 """
 
 BSDIFF = "import bsdiff4, sys; bsdiff4.file_diff(*sys.argv[1:4])"
 
 DOWNLOAD = """
-import hashlib, os, sys, requests
+import hashlib, json, os, sys, time, requests
+start = time.monotonic()
 h = hashlib.sha256()
 with requests.get(sys.argv[1], stream=True, timeout=30) as r, open(sys.argv[2], "wb") as f:
     r.raise_for_status()
@@ -142,7 +148,11 @@ with requests.get(sys.argv[1], stream=True, timeout=30) as r, open(sys.argv[2], 
     f.flush()
     os.fsync(f.fileno())
 assert h.hexdigest() == sys.argv[3]
+json.dump({"download_s": time.monotonic() - start}, open(sys.argv[4], "w"))
 """
+
+
+APPLY_KEY = hashlib.sha256((APPLY + DOWNLOAD).encode()).hexdigest()[:6]
 
 
 def sha256(path: Path) -> str:
@@ -224,10 +234,13 @@ def measure(cache: Path, name: str, old: Path, new: Path, results: dict[str, Any
                 str(work / "delta.tfdelta"),
                 str(out),
                 "firmware/bench/2.0.0/image.tar",
+                str(work / "apply.json"),
             )
         )
         out.unlink()
-        return {**r, "mb_s": round(size / MiB / r["seconds"], 1)}
+        timed = json.loads((work / "apply.json").read_text())
+        # Throughput of the apply call alone (source check, replay, verify, fsync).
+        return {**r, **timed, "mb_s": round(size / MiB / timed["apply_s"], 1)}
 
     def download() -> dict[str, Any]:
         server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(new.parent)))
@@ -237,19 +250,20 @@ def measure(cache: Path, name: str, old: Path, new: Path, results: dict[str, Any
         try:
             url = f"http://127.0.0.1:{server.server_address[1]}/{new.name}"
             subprocess.run(["sync"], check=True)
-            r = run(child(DOWNLOAD, url, str(out), sha256(new)))
+            r = run(child(DOWNLOAD, url, str(out), sha256(new), str(work / "download.json")))
+            r.update(json.loads((work / "download.json").read_text()))
         finally:
             server.shutdown()
             out.unlink(missing_ok=True)
-        return {**r, "mb_s": round(size / MiB / r["seconds"], 1)}
+        return {**r, "mb_s": round(size / MiB / r["download_s"], 1)}
 
     once("zstd-19", zstd_full)
     once("zstd-patch-from", zstd_patch)
     once("bsdiff4", bsdiff)
     tag = f"@{code_key()}"
     once("tufota", tufota, tag=tag)
-    once("apply", apply, tag=tag)
-    once("download", download)
+    once("apply", apply, tag=f"{tag}:{APPLY_KEY}")
+    once("download", download, tag=f":{APPLY_KEY}")
 
 
 def report(results: dict[str, Any], names: list[str]) -> None:
@@ -278,11 +292,15 @@ def report(results: dict[str, Any], names: list[str]) -> None:
         def cost(m: str, got: dict[str, Any] = got) -> str:
             return f"{got[m]['seconds']:.1f} s, {got[m]['rss_mib']:.0f} MiB"
 
-        a, d = got[f"apply{tag}"], got["download"]
+        a, d = got[f"apply{tag}:{APPLY_KEY}"], got[f"download:{APPLY_KEY}"]
         print(
             f"| {name} | {cost('bsdiff4')} | {cost(f'tufota{tag}')} | "
             f"{cost('zstd-patch-from')} | {a['rss_mib']:.0f} MiB, {a['mb_s']} MB/s | "
             f"{d['rss_mib']:.0f} MiB, {d['mb_s']} MB/s |"
+        )
+        print(
+            f"  ({name}: the applier's process held {a['rss_base_mib']:.0f} MiB before "
+            "applying, with the agent's modules loaded)"
         )
     for name, got in rows:
         t = got[f"tufota{tag}"]

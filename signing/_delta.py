@@ -4,7 +4,9 @@ Method (chosen by measurement, see docs/decisions/0008-delta-format.md):
 
 1. When both images are tar archives, members are matched by name, then by
    name with digit runs ignored (``lib/modules/6.1.0-53/..`` matches
-   ``lib/modules/6.1.0-54/..``) when that match is unique. Identical members
+   ``lib/modules/6.1.0-54/..``), preferring the candidate with the fewest
+   differing digit runs (``ipv6/x.ko`` stays with ``ipv6/x.ko``, not
+   ``ipv4/x.ko``) and giving up on a tie. Identical members
    become one COPY from the source image; changed members are diffed one
    against the other; new members are stored. Tar headers are diffed against
    the matched member's header. Other images are one member.
@@ -38,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tufota_core import InputError, TufotaError
+from tuf.api.metadata import Metadata, TargetFile, Targets
+
+from tufota_core import FirmwareInfo, InputError, NotFoundError, TufotaError, Version
 from tufota_core._delta import (
     DELTA_HEADER,
     DELTA_MAGIC,
@@ -46,6 +50,8 @@ from tufota_core._delta import (
     OP_COPY,
     OP_END,
     OP_INSERT,
+    DeltaInfo,
+    delta_target_path,
     encode_varint,
     zigzag,
 )
@@ -312,9 +318,31 @@ def _plan(source: list[_Member], result: list[_Member]) -> Iterator[tuple[_Membe
     for m in result:
         match = by_name.get(m.name)
         if match is None:
-            candidates = loose.get(_loose(m.name), [])
-            match = candidates[0] if len(candidates) == 1 else None
+            match = _closest(m.name, loose.get(_loose(m.name), []))
         yield m, match
+
+
+def _closest(name: str, candidates: list[_Member]) -> _Member | None:
+    """The candidate whose digit runs differ from ``name``'s in the fewest places, if unique.
+
+    ``6.1.0-54/ipv6/x.ko`` picks ``6.1.0-53/ipv6/x.ko`` over ``6.1.0-53/ipv4/x.ko``.
+    """
+    digits = _DIGITS.findall(name.encode("utf-8", "surrogateescape"))
+    scored = sorted(
+        (
+            sum(
+                a != b
+                for a, b in zip(
+                    digits, _DIGITS.findall(c.name.encode("utf-8", "surrogateescape")), strict=True
+                )
+            ),
+            i,
+        )
+        for i, c in enumerate(candidates)
+    )
+    if not scored or (len(scored) > 1 and scored[0][0] == scored[1][0]):
+        return None
+    return candidates[scored[0][1]]
 
 
 def make_delta(
@@ -412,3 +440,96 @@ def make_delta(
     stats.delta_length = out.stat().st_size
     stats.seconds = time.monotonic() - started
     return stats
+
+
+@dataclass(frozen=True)
+class DeltaRelease:
+    """A delta made for a release: its signed target, its file and what it cost.
+
+    ``target`` is None when the delta saved too little to be published.
+    """
+
+    source_version: str
+    target: TargetFile | None
+    path: Path
+    stats: DeltaStats
+
+
+def _source_target(product: Metadata[Targets], hardware_id: str, version: str) -> TargetFile:
+    found = [
+        t
+        for t in product.signed.targets.values()
+        if isinstance(t.custom, dict)
+        and t.custom.get("hardware_id") == hardware_id
+        and t.custom.get("version") == version
+    ]
+    if len(found) != 1:
+        raise NotFoundError(
+            f"{hardware_id} has no signed release {version} to make a delta from"
+            if not found
+            else f"{hardware_id} {version} has {len(found)} images; cannot pick a delta source"
+        )
+    return found[0]
+
+
+def add_deltas(
+    product: Metadata[Targets],
+    result: TargetFile,
+    result_file: Path,
+    sources: list[tuple[str, Path]],
+    workdir: Path,
+    config: DeltaConfig | None = None,
+) -> list[DeltaRelease]:
+    """Make a delta to ``result`` from each (version, image file) and add it to ``product``.
+
+    Each source file must be the signed image of that version in ``product``
+    (length and SHA-256 checked), so a delta always starts from bytes that
+    devices of the line were given. A delta larger than ``config.max_ratio``
+    of the image is made but not added (``target`` None). Does not bump the
+    role version or sign: the caller adds the release in the same role
+    version.
+
+    Raises:
+        NotFoundError: a source version was never released.
+        InputError: a source file is not that release's image, or generation failed.
+    """
+    config = config or DeltaConfig()
+    info = FirmwareInfo.from_custom(result.custom)
+    made = []
+    for version, path in sources:
+        source = _source_target(product, info.hardware_id, version)
+        if Version.parse(version) >= Version.parse(info.version):
+            raise InputError(f"a delta must start from an older release than {info.version}")
+        try:
+            length = path.stat().st_size
+        except OSError as e:
+            raise NotFoundError(f"image of {version} {path}: {e}") from e
+        if length != source.length or _hash_file(path) != source.hashes.get("sha256"):
+            raise InputError(f"{path} is not the signed image of {info.hardware_id} {version}")
+        out = (
+            workdir
+            / delta_target_path(
+                info.hardware_id, info.version, result.path.rsplit("/", 1)[-1], version
+            ).rsplit("/", 1)[-1]
+        )
+        stats = make_delta(path, result_file, out, config)
+        target = None
+        if worth_publishing(stats, config):
+            delta_info = DeltaInfo(
+                hardware_id=info.hardware_id,
+                source_version=version,
+                source_length=source.length,
+                source_sha256=source.hashes["sha256"],
+                result_target=result.path,
+                result_version=info.version,
+                result_length=result.length,
+                result_sha256=result.hashes["sha256"],
+            )
+            target_path = delta_target_path(
+                info.hardware_id, info.version, result.path.rsplit("/", 1)[-1], version
+            )
+            target = TargetFile.from_file(target_path, str(out), ["sha256"])
+            target.unrecognized_fields["custom"] = delta_info.to_custom()
+            product.signed.targets[target_path] = target
+        made.append(DeltaRelease(version, target, out, stats))
+    return made

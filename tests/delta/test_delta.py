@@ -377,3 +377,18 @@ def test_delta_info_round_trips_and_rejects_bad_fields(images: tuple[Path, Path]
     assert delta_target_path(HW, "2.0.0", "image.tar", "1.0.0") == (
         "firmware/gw-100/2.0.0/image.tar.from-1.0.0.tfdelta"
     )
+
+
+def test_renamed_members_pair_with_the_closest_name_not_a_sibling(tmp_path: Path) -> None:
+    v4, v6 = _binary(11, 40_000), _binary(12, 40_000)
+    old = _tar(tmp_path / "old.tar", {"m/6.1.0-53/ipv4/x.ko": v4, "m/6.1.0-53/ipv6/x.ko": v6})
+    new = _tar(
+        tmp_path / "new.tar",
+        {"m/6.1.0-54/ipv4/x.ko": _shift(v4, 13), "m/6.1.0-54/ipv6/x.ko": _shift(v6, 14)},
+    )
+    stats = make_delta(old, new, tmp_path / "d.tfdelta")
+    assert (stats.diffed, stats.stored) == (2, 0)
+    assert stats.ratio < 0.1
+    dest = tmp_path / "slot-b.img"
+    _apply(_info(old, new), old, tmp_path / "d.tfdelta", dest)
+    assert dest.read_bytes() == new.read_bytes()
