@@ -68,6 +68,7 @@ from tufota_core import (
 logger = logging.getLogger(__name__)
 
 FINAL_STATES = ("completed", "paused", "aborted")
+_AT_REST = ("idle", "refused", "failed", "rolled_back", "succeeded")
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ class SimResult:
     failing: int
     errors: list[str] = field(default_factory=list)
     timed_out: bool = False
+    blocked: bool = False
+    gate: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -221,6 +224,8 @@ class SimResult:
             "failing_devices": self.failing,
             "errors": self.errors[:20],
             "timed_out": self.timed_out,
+            "blocked_by_stalled": self.blocked,
+            "gate": self.gate,
         }
 
 
@@ -412,6 +417,12 @@ class Simulation:
         rid = rollout_id
         next_check = started
         lock = threading.Lock()
+        # Blocked: every live device is at rest, the rollout has not moved for
+        # three poll intervals and some devices died; only an operator can end it.
+        signature: tuple[Any, ...] | None = None
+        still_since = started
+        blocked = False
+        gate = ""
 
         def cycle(index: int) -> CycleResult:
             return self.devices[index].agent.run_once()
@@ -427,7 +438,23 @@ class Simulation:
                     if status is not None:
                         rid = status["rollout_id"]
                         state = status["state"]
+                        gate = str(status.get("gate", ""))
                         if state in FINAL_STATES:
+                            break
+                        total = status["total"]
+                        now_sig = (
+                            state,
+                            status["current_wave"],
+                            total["succeeded"],
+                            total["failed"],
+                            total["rolled_back"],
+                            total["downloading"],
+                            total["installed"],
+                        )
+                        if now_sig != signature or not self._at_rest():
+                            signature, still_since = now_sig, now
+                        elif now - still_since >= 3 * max(interval, reboot, 0.5):
+                            blocked = True
                             break
                 if now >= deadline:
                     break
@@ -471,8 +498,21 @@ class Simulation:
             stalled=sum(1 for d in self.devices if d.session.dead),
             failing=sum(1 for d in self.devices if d.fails),
             errors=errors,
-            timed_out=state not in FINAL_STATES,
+            timed_out=state not in FINAL_STATES and not blocked,
+            blocked=blocked,
+            gate=gate,
         )
+
+    def _at_rest(self) -> bool:
+        """True when some devices died and every other one is idle, refused or failed."""
+        if not any(d.session.dead for d in self.devices):
+            return False
+        for device in self.devices:
+            if device.session.dead:
+                continue
+            if device.last is None or device.last.action not in _AT_REST:
+                return False
+        return True
 
     def _watch(self, rollout_id: str | None) -> dict[str, Any] | None:
         if self.repo is not None:
@@ -630,7 +670,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"in {result.seconds:.1f}s; {result.failing} failing, {result.stalled} stalled"
             + ("; TIMED OUT" if result.timed_out else "")
         )
-    return 0 if not result.timed_out else 1
+        if result.blocked:
+            print(
+                f"the rollout waits for {result.stalled} stalled devices that will not come "
+                f"back ({result.gate}); end it with 'tufota rollout complete "
+                f"{result.rollout_id} --reason ...' (advance first if not at the last wave) "
+                "or abort it"
+            )
+    return 0 if not result.timed_out and not result.blocked else 1
 
 
 def _trusted_root(server: str, path: str | None) -> bytes:

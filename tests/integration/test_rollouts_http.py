@@ -183,6 +183,34 @@ def test_a_device_killed_mid_download_is_reported_stalled_exactly_once(
     assert status["total"]["downloading"] == 1
 
 
+def test_stalled_devices_block_the_simulation_honestly_and_an_operator_completes(
+    server: Server, tmp_path: Path
+) -> None:
+    sim = _sim(server, tmp_path, 30, stall_percent=10)
+    try:
+        started = server.start(waves="canary:10%,half:50%,all:100%")
+        rid = started["rollout_id"]
+        result = sim.run(60, rollout_id=rid)
+    finally:
+        sim.close()
+    assert not result.timed_out  # it ends by itself, well before the 60 s
+    assert result.blocked
+    assert result.rollout_state == "active"
+    assert "more successes" in result.gate
+    status = server.get(f"/api/v1/rollouts/{rid}")
+    while status["current_wave"] < len(status["waves"]) - 1:
+        assert server.post(f"/api/v1/rollouts/{rid}/advance", {"reason": "known dead"}).ok
+        status = server.get(f"/api/v1/rollouts/{rid}")
+    refused = server.post(f"/api/v1/rollouts/{rid}/complete")
+    assert refused.status_code == 400
+    assert "needs a reason" in refused.json()["message"]
+    done = server.post(f"/api/v1/rollouts/{rid}/complete", {"reason": "3 units died in test"})
+    assert done.status_code == 200, done.text
+    assert done.json()["state"] == "completed"
+    assert done.json()["gate"] == "completed by hand: 3 units died in test"
+    assert server.ctx.controller.doc_for(rid).state == "completed"
+
+
 def test_pause_resume_advance_and_abort_behave_as_documented(server: Server) -> None:
     started = server.start(waves="canary:10%,all:100%", reason="nightly")
     rid = started["rollout_id"]
@@ -239,6 +267,10 @@ def test_pause_resume_advance_and_abort_behave_as_documented(server: Server) -> 
         ({"success_threshold": "150%"}, 400, "outside 0-100%"),
         ({"failure_threshold": 0}, 400, "outside 0-100%"),
         ({"soak": "-5m"}, 400, "not like 90s"),
+        ({"soak": 1e12}, 400, "longer than the limit of 365d"),
+        ({"soak": "9999999d"}, 400, "longer than the limit of 365d"),
+        ({"retry_failed": 11}, 400, "retry count 11 is outside 0-10"),
+        ({"retry_backoff": "400d"}, 400, "longer than the limit of 365d"),
         ({"maintenance_window": "Sat 02:00-04:00 CET"}, 400, "must be UTC"),
         ({"preset": "critical"}, 400, "only for releases signed as critical"),
         ({"colour": "red"}, 400, "unknown fields"),
