@@ -160,7 +160,9 @@ class Agent:
             config: The loaded ``agent.toml``.
             installer: Overrides the installer ``config`` selects.
             signer: Overrides the device key from ``config``.
-            session: Overrides the HTTP session (TLS settings from ``config``).
+            session: Overrides the HTTP session metadata and firmware are fetched
+                with (TLS settings from ``config``); reports use their own
+                bounded connection (``_http.ReportSender``).
         """
         self.config = config
         self.installer = installer or make_installer(config)
@@ -222,6 +224,7 @@ class Agent:
         self._queued = 0
         self._unauthorized = False
         self._channel_down = False
+        self._offline = False
         self._load_state()
         boot_result = self._finish_pending_boot()
         self._flush()
