@@ -30,6 +30,7 @@ from repo_server import (
 )
 from repo_server._context import ServerContext
 from repo_server._errors import EXCEPTION_HANDLERS
+from repo_server._guards import ErrorGuard, JsonGuard
 from repo_server._hosts import HostCheck
 from repo_server._ingest import ReportFastPath
 
@@ -78,9 +79,12 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         _metrics,
     ):
         app.include_router(module.build_router(ctx))
-    # Innermost first: the metrics middleware must see the reports the fast path answers.
+    # Innermost first: the metrics middleware must see the reports the fast path answers;
+    # reports have their own size cap and parser, every other body passes the JSON guard.
+    app.add_middleware(JsonGuard, max_bytes=lambda: ctx.limits.max_json_bytes)
     app.add_middleware(ReportFastPath, ingestor=ctx.report_ingestor)
     app.add_middleware(_metrics.ReportIngestMiddleware, ingest=_metrics.ingest_for(ctx))
+    app.add_middleware(ErrorGuard)
     # Outermost: a request for a foreign Host name reaches nothing.
     app.add_middleware(
         HostCheck, names=lambda: ctx.server_names, loopback=lambda: ctx.loopback_names

@@ -231,6 +231,8 @@ class ReportIngestor:
             envelope = json.loads(body)
         except ValueError as e:
             raise _RefusedError(400, "bad_request", f"report body is not JSON: {e}") from None
+        except RecursionError:  # "[[[[..." within the size cap
+            raise _RefusedError(400, "bad_request", "report body nests too deeply") from None
         key = self._keys.get(device_id)
         if key is not None:
             try:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 
 from repo_server._context import ServerContext
 from repo_server._releases import release_catalog
@@ -62,6 +63,8 @@ async def _body(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as e:
         raise InputError(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise InputError("request body nests too deeply") from None
     if not isinstance(data, dict):
         raise InputError("request body must be a JSON object")
     return data
@@ -192,7 +195,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
         state: str = "all",
         rollout: str | None = None,
         kind: str | None = None,
-        limit: int = 200,
+        limit: int = Query(200, ge=1, le=10_000),
     ) -> dict[str, Any]:
         """Alerts, newest first (``state``: open or all)."""
         if state not in ("open", "all"):
@@ -208,7 +211,10 @@ def build_router(ctx: ServerContext) -> APIRouter:
         return {"alerts": [a.to_json() for a in found]}
 
     @router.post("/api/v1/alerts/{alert_id}/resolve", tags=["alerts"], dependencies=operate)
-    async def resolve(alert_id: int, request: Request) -> dict[str, Any]:
+    async def resolve(
+        request: Request,
+        alert_id: int = PathParam(ge=1, le=2**62),  # checked before SQLite sees it
+    ) -> dict[str, Any]:
         """Resolve an alert by hand (it opens again if its condition persists)."""
         data = await _body(request)
         # Through the controller: a resolved document divergence re-publishes the tracker's.

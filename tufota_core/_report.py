@@ -46,6 +46,7 @@ _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_MESSAGE = 1024
 MAX_REPORT_MESSAGE = MAX_MESSAGE
 MAX_REPORT_BYTES = 16 * 1024
+MAX_REPORT_SEQ = 2**62  # also the cap on byte counts: integers SQLite stores
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Report:
         check_hardware_id(self.hardware_id)
         if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1:
             raise InputError("report seq must be an integer >= 1")
+        # Far below SQLite's 2**63 - 1, so an accepted seq always leaves room for the next.
+        if self.seq > MAX_REPORT_SEQ:
+            raise InputError(f"report seq must be at most {MAX_REPORT_SEQ}")
         if self.state not in DEVICE_STATES:
             raise InputError(
                 f"report state {self.state!r} is not one of {', '.join(DEVICE_STATES)}"
@@ -84,6 +88,8 @@ class Report:
         for number in (self.bytes_done, self.bytes_total):
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
                 raise InputError("report byte counts must be integers >= 0")
+            if number > MAX_REPORT_SEQ:
+                raise InputError(f"report byte counts must be at most {MAX_REPORT_SEQ}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
