@@ -549,6 +549,9 @@ class Agent:
         step = config.progress_step
         next_report = [0]
         last_report = [time.monotonic()]
+        # At least once per poll interval too: the server calls a device silent
+        # after a few poll intervals without news.
+        heartbeat = min(config.heartbeat_interval, config.poll_interval)
 
         def progress(done: int, size: int) -> None:
             if bar is not None:
@@ -559,7 +562,7 @@ class Agent:
             stepped = step and done * 100 >= next_report[0] * size
             # A heartbeat at least every heartbeat_interval, so a slow download
             # never looks silent to the server.
-            if stepped or now - last_report[0] >= config.heartbeat_interval:
+            if stepped or now - last_report[0] >= heartbeat:
                 percent = done * 100 // size
                 if next_report[0] or not stepped:  # "downloading" already said 0 %
                     self._progress_report(done, size, f"{percent}% downloaded")

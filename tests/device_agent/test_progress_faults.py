@@ -211,3 +211,21 @@ def test_expired_metadata_says_the_device_clock_may_be_wrong(env: Env) -> None:
     failed = env.server.reports[-1]
     assert (failed.state, failed.error_code) == ("failed", "metadata_expired")
     assert failed.time  # the device's clock, for the server to compare with its own
+
+
+def test_download_heartbeats_come_at_least_once_per_poll_interval(env: Env) -> None:
+    _release(env)
+    # A 60 s heartbeat setting, but the device polls every second: the server
+    # would call it silent after a few seconds without news.
+    env.config = dataclasses.replace(
+        env.config,
+        rate_limit=64 * 1024,
+        progress_step=0,
+        heartbeat_interval=60.0,
+        poll_interval=1.0,
+    )
+
+    assert env.agent().run_once().action == ACTION_REBOOTING
+
+    progress = [r for r in env.server.reports if r.state == "downloading" and r.bytes_done]
+    assert len(progress) >= 2
