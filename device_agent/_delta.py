@@ -75,7 +75,7 @@ class DeltaLimits:
     """
 
     chunk_size: int = 256 * 1024
-    memlimit: int = 16 * 1024 * 1024
+    memlimit: int = 4 * 1024 * 1024
     fsync: bool = True
 
 

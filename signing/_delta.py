@@ -78,7 +78,7 @@ class DeltaConfig:
 
     window: int = 64 * 1024 * 1024
     window_margin: int = 8 * 1024 * 1024
-    dict_size: int = 8 * 1024 * 1024
+    dict_size: int = 2 * 1024 * 1024
     preset: int = 9
     extreme: bool = True
     max_ratio: float = 0.5

@@ -190,7 +190,8 @@ def _craft(
     tail: bytes = b"",
 ) -> Path:
     """A hand-made delta file whose header repeats ``info`` faithfully."""
-    sections = [lzma.compress(s, format=lzma.FORMAT_XZ) for s in (ops, diff, extra)]
+    small = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]
+    sections = [lzma.compress(s, format=lzma.FORMAT_XZ, filters=small) for s in (ops, diff, extra)]
     header = DELTA_HEADER.pack(
         DELTA_MAGIC,
         info.source_length,
@@ -345,7 +346,7 @@ def test_xz_stream_needing_more_memory_than_the_limit_is_refused(
     info = _info(old, new)
     filters = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 30}]
     ops = lzma.compress(bytes([OP_END]), format=lzma.FORMAT_XZ, filters=filters)
-    empty = lzma.compress(b"", format=lzma.FORMAT_XZ)
+    empty = lzma.compress(b"", format=lzma.FORMAT_XZ, filters=[{"id": lzma.FILTER_LZMA2}])
     header = DELTA_HEADER.pack(
         DELTA_MAGIC,
         info.source_length,
