@@ -1,11 +1,12 @@
 """tufota's shared core: the wire contract every package agrees on.
 
-Target path scheme, firmware ``custom`` fields, the rollout document and the
+Target path scheme, firmware and delta ``custom`` fields, the rollout document and the
 cohort function, the device report schema, semantic version precedence, and the
 error hierarchy. No I/O lives here; only ``tuf.api`` and ``securesystemslib``
 are imported, so the device agent can carry it.
 """
 
+from tufota_core._delta import DELTA_FORMAT, DeltaInfo, delta_target_path, is_delta_custom
 from tufota_core._errors import (
     ConflictError,
     InputError,
@@ -54,6 +55,7 @@ from tufota_core._time import format_time, parse_time, utcnow
 from tufota_core._window import MaintenanceWindow, check_window
 
 __all__ = [
+    "DELTA_FORMAT",
     "DEVICE_STATES",
     "MAX_REPORT_BYTES",
     "MAX_REPORT_MESSAGE",
@@ -62,6 +64,7 @@ __all__ = [
     "ROLLOUT_STATES",
     "SEVERITIES",
     "ConflictError",
+    "DeltaInfo",
     "FirmwareInfo",
     "InputError",
     "InstallError",
@@ -82,8 +85,10 @@ __all__ = [
     "check_tag",
     "check_window",
     "cohort_bucket",
+    "delta_target_path",
     "firmware_target_path",
     "format_time",
+    "is_delta_custom",
     "is_newer",
     "parse_envelope",
     "parse_time",

@@ -179,3 +179,12 @@ class DeltaInfo:
             )
         except (KeyError, TypeError) as e:
             raise InputError(f"delta custom field is malformed: {e}") from e
+
+
+def is_delta_custom(custom: Any) -> bool:
+    """True when a target's ``custom`` field declares a delta (of any format version).
+
+    Readers that list firmware releases skip these targets; only the delta
+    reader parses them.
+    """
+    return isinstance(custom, dict) and "delta_format" in custom
