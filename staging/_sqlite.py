@@ -149,11 +149,13 @@ CREATE INDEX IF NOT EXISTS events_by_rollout ON events (rollout_id, event_id);
 # Schema v2 objects that need the v2 columns (created after a v1 file is migrated).
 _SCHEMA_V2 = """
 DROP INDEX IF EXISTS devices_by_cohort;
+DROP INDEX IF EXISTS devices_by_cohort_cover;
 -- Covers every column the gate's aggregation reads, so counting a rollout's
 -- devices is one index-only range scan (no table lookups): ~0.7 s at 1M devices.
-CREATE INDEX IF NOT EXISTS devices_by_cohort_cover ON devices (
+-- (v3 adds clock_skew, which the gate counts too.)
+CREATE INDEX IF NOT EXISTS devices_by_cohort_cover3 ON devices (
     cohort_rollout, cohort_wave, status, installed_version, state, target_version, rollout_id,
-    failed_state, failed_version, failed_rollout_id, failed_at, last_seen
+    failed_state, failed_version, failed_rollout_id, failed_at, last_seen, clock_skew
 );
 CREATE INDEX IF NOT EXISTS devices_by_version ON devices (hardware_id, installed_version);
 CREATE TABLE IF NOT EXISTS alerts (
@@ -223,11 +225,10 @@ _V3_COLUMNS = (
 )
 
 # A device's outcome for a rollout, in SQL: rule 3 of staging._progress.
-# :newer lists the installed versions above the rollout's (semantic order is
-# decided in Python over the few distinct versions, not per row).
+# {newer} adds the installed versions above the rollout's as bound parameters
+# (semantic order is decided in Python over the few distinct versions, not per row).
 _OUTCOME_SQL = """CASE
-    WHEN installed_version = :version OR installed_version IN (SELECT value FROM json_each(:newer))
-         THEN 'succeeded'
+    WHEN installed_version = :version{newer} THEN 'succeeded'
     WHEN failed_state IS NOT NULL
          AND (failed_version = :version OR failed_rollout_id = :rollout_id)
          AND (:retried IS NULL OR failed_at >= :retried) THEN failed_state
@@ -963,9 +964,14 @@ class SqliteTrackerStore(TrackerStore):
                 "created": format_time(rollout.created_at),
                 "since": format_time(rollout.failures_since),
                 "retried": None if rollout.retried_at is None else format_time(rollout.retried_at),
-                "newer": json.dumps(self._newer_versions(conn, rollout)),
                 "skew": self._config.clock_skew_seconds,
             }
+            newer = self._newer_versions(conn, rollout)
+            params.update({f"newer{i}": v for i, v in enumerate(newer)})
+            marks = ", ".join(f":newer{i}" for i in range(len(newer)))
+            outcome = _OUTCOME_SQL.format(
+                newer=f" OR installed_version IN ({marks})" if newer else ""
+            )
             rows = conn.execute(
                 "SELECT cohort_wave AS wave, count(*) AS eligible,"  # noqa: S608 - fixed SQL, values bound
                 " coalesce(sum(last_seen >= :created), 0) AS checked_in,"
@@ -980,7 +986,7 @@ class SqliteTrackerStore(TrackerStore):
                 " max(CASE WHEN o IN ('failed', 'rolled_back') THEN failed_at END) AS last_failure,"
                 " coalesce(sum(o != 'succeeded' AND abs(coalesce(clock_skew, 0)) > :skew), 0)"
                 "   AS skewed"
-                f" FROM (SELECT cohort_wave, last_seen, failed_at, clock_skew, {_OUTCOME_SQL} AS o"
+                f" FROM (SELECT cohort_wave, last_seen, failed_at, clock_skew, {outcome} AS o"
                 "   FROM devices WHERE cohort_rollout = :rollout_id AND status != 'revoked')"
                 " GROUP BY cohort_wave",
                 params,
@@ -1445,6 +1451,8 @@ class SqliteTrackerStore(TrackerStore):
         )
 
     def _alert(self, conn: sqlite3.Connection, alert_id: int) -> Alert:
+        if not 0 < alert_id < 2**63:  # SQLite integers are 64-bit; no alert has such an id
+            raise NotFoundError(f"alert {alert_id} does not exist")
         row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"alert {alert_id} does not exist")

@@ -406,7 +406,7 @@ def test_a_v1_tracker_file_is_migrated_with_cohorts(tmp_path: Path, clock: FakeC
         expected = store.rollout_counts(store.get_rollout(rid))
     conn = sqlite3.connect(path)  # make it look like a schema v1 file
     conn.executescript(
-        "DROP INDEX devices_by_cohort_cover; DROP INDEX devices_by_version;"
+        "DROP INDEX devices_by_cohort_cover3; DROP INDEX devices_by_version;"
         " DROP TABLE notifications; DROP TABLE alerts; DROP TABLE settings;"
         " ALTER TABLE devices DROP COLUMN state_since; ALTER TABLE devices DROP COLUMN progress_at;"
         " ALTER TABLE devices DROP COLUMN bytes_done; ALTER TABLE devices DROP COLUMN bytes_total;"
