@@ -20,9 +20,11 @@ Invariants:
 * ``succeeded`` is reported only after the new image booted, passed the
   health check and was committed. A pending image is tried at most
   ``max_boot_attempts`` times; then the previous image is back.
-* A version that rolled back (or failed to install) is never retried within
-  the same rollout; a downgrade is never installed. Each failure code is
-  reported once per rollout; later cycles send idle heartbeats.
+* A version that rolled back (or failed to install) is not retried within
+  the same rollout until the server raises the signed document's ``retry``
+  generation above the one the failed attempt came from; a downgrade is never
+  installed. Each failure code is reported once per rollout and retry
+  generation; later cycles send idle heartbeats that repeat the failure.
 * Unverified bytes never reach a slot: the installer only sees files that
   ngclient verified against signed metadata.
 """
@@ -448,7 +450,7 @@ class Agent:
                 hardware_id=config.hardware_id,
                 tags=config.tags,
                 installed_version=installed,
-                abandoned_version=self._state.abandoned.get(doc.rollout_id),
+                abandoned_version=self._state.abandoned_version(doc.rollout_id, doc.retry),
                 policy=DevicePolicy(
                     config.maintenance_window, config.min_version, self._state.newest_seen
                 ),
@@ -467,6 +469,11 @@ class Agent:
                 target_version=doc.version,
                 error_code=decision.code,
             )
+        if doc.rollout_id in self._state.abandoned:
+            logger.info(
+                "rollout %s offers %s again (retry %d)", doc.rollout_id, doc.version, doc.retry
+            )
+            self._state = self._state.forgive(doc.rollout_id)
         logger.info("update available: %s", decision.reason)
         return self._update(client, doc)
 
@@ -612,6 +619,7 @@ class Agent:
             target_path=info.path,
             target_sha256=None,
             pending_error=None,
+            target_retry=doc.retry if doc is not None else 0,
         )
         self._flush()  # the server sees "downloading" now, not at the first progress step
         downloader, close = self._downloader(source, info.length)

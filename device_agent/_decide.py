@@ -15,7 +15,8 @@ Rules, in order (``decide``):
     document can change): a version older than ``min_version``, or, while the
     installed version is unknown, older than the newest release the device has
     seen offered or installed                                -> ``below_minimum_version``.
- 7. A version that already rolled back in this rollout       -> idle (never retried).
+ 7. A version that already rolled back in this rollout       -> idle (not retried
+    until the server raises the document's ``retry`` generation).
  8. Outside the device's own maintenance window               -> idle, code
     ``outside_device_window`` (the document can narrow the device's window,
     never widen it: both must be open).

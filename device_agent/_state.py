@@ -54,7 +54,12 @@ class AgentState:
         pending_error: Why a rollback is under way (set before rolling back).
         reported: Error codes already reported, per rollout id ("" = no rollout).
         abandoned: Rollout id -> version that rolled back or failed to install;
-            never retried for that rollout.
+            not retried for that rollout until the server raises the document's
+            ``retry`` generation above the one in ``abandoned_retry``.
+        abandoned_retry: Rollout id -> the document's retry generation the
+            abandoned attempt came from.
+        target_retry: The retry generation of the document the current attempt
+            came from.
         newest_seen: The newest version this device installed or was offered by
             a verified rollout; it only grows (a floor while the installed
             version is unknown, so a stolen online key cannot offer an older one).
@@ -72,6 +77,8 @@ class AgentState:
     pending_error: str | None = None
     reported: dict[str, list[str]] = field(default_factory=dict)
     abandoned: dict[str, str] = field(default_factory=dict)
+    abandoned_retry: dict[str, int] = field(default_factory=dict)
+    target_retry: int = 0
     newest_seen: str | None = None
     last_failure: dict[str, str] | None = None
 
@@ -98,6 +105,10 @@ class AgentState:
                 pending_error=data.get("pending_error"),
                 reported={str(k): [str(c) for c in v] for k, v in data.get("reported", {}).items()},
                 abandoned={str(k): str(v) for k, v in data.get("abandoned", {}).items()},
+                abandoned_retry={
+                    str(k): int(v) for k, v in data.get("abandoned_retry", {}).items()
+                },
+                target_retry=int(data.get("target_retry", 0)),
                 newest_seen=_optional_version(data.get("newest_seen")),
                 last_failure=_failure(data.get("last_failure")),
             )
@@ -121,11 +132,35 @@ class AgentState:
         return code in self.reported.get(rollout_id or "", [])
 
     def abandon(self, rollout_id: str, version: str, keep: int) -> AgentState:
-        """A copy that never retries ``version`` for ``rollout_id``."""
+        """A copy that does not retry ``version`` for ``rollout_id`` in this retry generation."""
         abandoned = dict(self.abandoned)
         abandoned.pop(rollout_id, None)
         abandoned[rollout_id] = version
-        return replace(self, abandoned=_keep_last(abandoned, keep))
+        generations = dict(self.abandoned_retry)
+        generations.pop(rollout_id, None)
+        generations[rollout_id] = self.target_retry
+        return replace(
+            self,
+            abandoned=_keep_last(abandoned, keep),
+            abandoned_retry=_keep_last(generations, keep),
+        )
+
+    def abandoned_version(self, rollout_id: str, retry: int) -> str | None:
+        """The version not to retry in ``rollout_id`` at retry generation ``retry``, if any."""
+        if retry > self.abandoned_retry.get(rollout_id, 0):
+            return None  # the server offers it again
+        return self.abandoned.get(rollout_id)
+
+    def forgive(self, rollout_id: str) -> AgentState:
+        """A copy that forgets the failures of ``rollout_id`` (a retry generation starts)."""
+        failure = self.last_failure
+        return replace(
+            self,
+            abandoned={k: v for k, v in self.abandoned.items() if k != rollout_id},
+            abandoned_retry={k: v for k, v in self.abandoned_retry.items() if k != rollout_id},
+            reported={k: v for k, v in self.reported.items() if k != rollout_id},
+            last_failure=None if failure and failure["rollout_id"] == rollout_id else failure,
+        )
 
 
 def _optional_version(value: Any) -> str | None:

@@ -150,6 +150,7 @@ class TufRepo:
         state: str = "active",
         rollout_id: str = "r-1",
         maintenance_window: str | None = None,
+        retry: int = 0,
     ) -> RolloutDoc:
         doc = RolloutDoc(
             rollout_id=rollout_id,
@@ -160,6 +161,7 @@ class TufRepo:
             current_wave=current_wave,
             state=state,
             maintenance_window=maintenance_window,
+            retry=retry,
         )
         self._add_target("rollouts", rollout_target_path(HW), doc.to_bytes())
         return doc

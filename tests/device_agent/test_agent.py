@@ -218,6 +218,26 @@ def test_failed_health_check_rolls_back_and_is_not_retried(env: Env) -> None:
     assert env.server.downloads_of(path) == 1
 
 
+def test_a_raised_retry_generation_offers_a_rolled_back_release_again(env: Env) -> None:
+    env.write_config(health_command=failing_command())
+    path = env.repo.add_firmware("1.1.0")
+    env.repo.set_rollout("1.1.0")
+    env.repo.publish()
+    assert env.agent().run_once().action == ACTION_REBOOTING
+    assert env.agent().run_once().action == ACTION_ROLLED_BACK
+    env.write_config()  # the cause is fixed on the device
+
+    assert env.agent().run_once().action == ACTION_IDLE  # same generation: not retried
+
+    env.repo.set_rollout("1.1.0", retry=1)
+    env.repo.publish()
+
+    assert env.agent().run_once().action == ACTION_REBOOTING
+    assert env.agent().run_once().action == ACTION_SUCCEEDED
+    assert env.server.downloads_of(path) == 1  # the verified image in slot b is reused
+    assert env.server.reports[-1].error_code is None
+
+
 def test_after_a_rollback_heartbeats_keep_the_health_check_failure_as_the_reason(
     env: Env,
 ) -> None:
