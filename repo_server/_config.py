@@ -25,10 +25,13 @@ class ServerLimits:
             system's temporary directory). Never the served tree.
         max_json_bytes: largest JSON body of an operator API request.
         lock_timeout_seconds: how long a publisher waits for another
-            publisher's lock before failing with ``ConflictError``.
-        lock_lease_seconds: S3 only: how long a publishing lock is valid. A
-            lock older than this is presumed abandoned by a crashed writer and
-            taken over, so it must exceed the longest publish.
+            publisher's lock before failing with ``ConflictError``; longer than
+            the lease, so a dead holder's lock is always taken over in time.
+        lock_lease_seconds: S3 only: how long a publishing lock stays valid
+            after its last renewal. A lock not renewed for this long is presumed
+            abandoned by a crashed writer and taken over.
+        lock_heartbeat_seconds: S3 only: how often the holder renews its
+            lease while publishing; below ``lock_lease_seconds`` (None: a third of it).
         lock_poll_seconds: S3 only: how often a waiting publisher retries.
         refresh_interval_seconds: how often the server checks whether the
             online roles need re-signing.
@@ -38,8 +41,9 @@ class ServerLimits:
     bundle: BundleLimits = field(default_factory=BundleLimits)
     upload_dir: str | None = None
     max_json_bytes: int = 64 * 1024
-    lock_timeout_seconds: float = 60.0
-    lock_lease_seconds: float = 900.0
+    lock_timeout_seconds: float = 40.0
+    lock_lease_seconds: float = 30.0
+    lock_heartbeat_seconds: float | None = None
     lock_poll_seconds: float = 0.2
     refresh_interval_seconds: float = 60.0
 
@@ -55,3 +59,13 @@ class ServerLimits:
         ):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be > 0")
+        beat = self.lock_heartbeat_seconds
+        if beat is not None and not 0 < beat < self.lock_lease_seconds:
+            raise InputError("lock_heartbeat_seconds must be > 0 and below lock_lease_seconds")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a publishing lock's holder renews its lease."""
+        if self.lock_heartbeat_seconds is not None:
+            return self.lock_heartbeat_seconds
+        return self.lock_lease_seconds / 3

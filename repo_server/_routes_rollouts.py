@@ -20,19 +20,28 @@ so metadata-expiry and patch alerts run inside the server's background tick.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 
 from repo_server._context import ServerContext
 from repo_server._releases import release_catalog
 from repo_server._watchdog import published_rollouts
 from staging import ALERT_KINDS, build_plan
-from tufota_core import InputError, NotFoundError, check_hardware_id
+from tufota_core import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    RepositoryError,
+    TransportError,
+    check_hardware_id,
+)
 
 _MAX_BODY = 16 * 1024
+_STATE_AFTER = {"pause": "paused", "resume": "active", "abort": "aborted", "complete": "completed"}
 _START_FIELDS = {
     "hardware_id",
     "version",
@@ -162,9 +171,42 @@ def build_router(ctx: ServerContext) -> APIRouter:
         return {"rollout_id": rollout_id, "events": [e.to_json() for e in events]}
 
     @router.post("/api/v1/rollouts/{rollout_id}/{action}", tags=["rollouts"], dependencies=operate)
-    async def act(rollout_id: str, action: str, request: Request) -> dict[str, Any]:
-        """Pause, resume, abort or advance a rollout by hand; the document is re-signed."""
+    async def act(
+        rollout_id: str, action: str, request: Request, response: Response
+    ) -> dict[str, Any]:
+        """Pause, resume, abort or advance a rollout by hand; the document is re-signed.
+
+        200 with ``"published": true`` once devices can see the change; 202 with
+        ``"published": false`` when the change is recorded but publishing failed
+        (e.g. another writer holds the repository lock): the controller retries
+        every tick, and the message says why and for how long devices still see
+        the previous document.
+        """
         data = await _body(request)
+        try:
+            # In a thread: publishing may wait for the repository lock, the loop must not.
+            await asyncio.to_thread(_act, rollout_id, action, data)
+        except (ConflictError, TransportError, RepositoryError) as e:
+            if not _recorded_unpublished(rollout_id, action):
+                raise
+            response.status_code = 202
+            return {
+                **ctx.controller.status(rollout_id).to_json(),
+                "published": False,
+                "message": f"{action} recorded but not yet published to devices: {e}. The "
+                f"server retries every {ctx.tick_interval:g}s; until then devices keep "
+                "the previous rollout document",
+            }
+        return {**ctx.controller.status(rollout_id).to_json(), "published": True}
+
+    def _recorded_unpublished(rollout_id: str, action: str) -> bool:
+        rollout = ctx.store.get_rollout(rollout_id)
+        expected = _STATE_AFTER.get(action)
+        return rollout.published_revision < rollout.revision and (
+            expected is None or rollout.state == expected
+        )
+
+    def _act(rollout_id: str, action: str, data: dict[str, Any]) -> None:
         controller = ctx.controller
         if action == "pause":
             controller.pause(rollout_id, _reason(data, "paused through the API"))
@@ -180,7 +222,6 @@ def build_router(ctx: ServerContext) -> APIRouter:
             raise NotFoundError(
                 f"no rollout action {action!r} (pause, resume, abort, advance, complete)"
             )
-        return controller.status(rollout_id).to_json()
 
     @router.get("/api/v1/fleet", tags=["devices"], dependencies=read)
     def fleet(hardware: str | None = None) -> dict[str, Any]:

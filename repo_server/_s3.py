@@ -13,13 +13,17 @@ Invariants:
   ``aws:kms`` with an optional key id, or ``none`` for stores without it).
 * The publishing lock is an object, ``<prefix>/.tufota/publish.lock``, created
   with a conditional write (``If-None-Match: *``), so two servers or CLIs
-  against one bucket exclude each other. It is a lease: a lock older than
-  ``ServerLimits.lock_lease_seconds`` is presumed abandoned by a crashed
-  writer and taken over with ``If-Match`` on its ETag, so exactly one of
-  several waiting writers wins. Release deletes it with ``If-Match``, so a
-  writer whose lease was taken over never deletes the new owner's lock. The
-  remaining limitation (docs/decisions/0005): a writer that stalls longer
-  than its lease can overlap the writer that took over.
+  against one bucket exclude each other. It is a short lease
+  (``ServerLimits.lock_lease_seconds``, 30 s by default) that the holder
+  renews every ``lock_heartbeat_seconds`` while it publishes; a lock not
+  renewed within its lease is presumed abandoned by a crashed writer and
+  taken over with ``If-Match`` on its ETag, so exactly one of several
+  waiting writers wins. Release deletes it with ``If-Match``, so a writer
+  whose lease was taken over never deletes the new owner's lock. A waiter
+  that gives up names the holder, the time left on its lease and the object
+  to delete. The remaining limitation (docs/decisions/0005): a writer whose
+  heartbeat cannot reach S3 for longer than its lease can overlap the writer
+  that took over.
 * Keys with a dot segment (the lock) are never listed and never served:
   ``check_key`` refuses them.
 """
@@ -56,6 +60,19 @@ from tufota_core import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class LockBusyError(ConflictError):
+    """Another live (or recently dead) writer holds the publishing lock."""
+
+
+class _Lease:
+    """The lock this writer holds: its current ETag, renewed by the heartbeat."""
+
+    def __init__(self, etag: str) -> None:
+        self.etag = etag
+        self.stop = threading.Event()
+
 
 SSE_CHOICES = ("AES256", "aws:kms", "none")
 LOCK_KEY = ".tufota/publish.lock"
@@ -143,6 +160,7 @@ class S3Storage(Storage):
             config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}),
         )
         self._thread_lock = threading.Lock()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def __repr__(self) -> str:
         return f"S3Storage({self.location.url})"
@@ -262,29 +280,57 @@ class S3Storage(Storage):
     def lock(self) -> Iterator[None]:
         """Hold the bucket-wide publishing lock (see the module docstring).
 
+        While held, a heartbeat thread renews the lease every
+        ``lock_heartbeat_seconds``, so a live publisher keeps it however long it
+        takes and a dead one loses it ``lock_lease_seconds`` after its last renewal.
+
         Raises:
-            ConflictError: another writer held the lock for ``lock_timeout_seconds``.
+            ConflictError: another writer held the lock for ``lock_timeout_seconds``;
+                the message names it, the time left on its lease and how to clear it.
         """
         with self._thread_lock:
-            etag = self._acquire()
+            lease = _Lease(self._acquire())
+            beat = threading.Thread(target=self._heartbeat, args=(lease,), daemon=True)
+            beat.start()
             try:
                 yield
             finally:
-                self._release(etag)
+                lease.stop.set()
+                beat.join()
+                self._release(lease.etag)
 
-    def _lock_body(self) -> bytes:
+    def _heartbeat(self, lease: _Lease) -> None:
+        while not lease.stop.wait(self.limits.heartbeat_seconds):
+            try:
+                lease.etag = self._put_lock(IfMatch=lease.etag)
+            except ClientError as e:
+                if _code(e) in _PRECONDITION | _NOT_FOUND:
+                    logger.error(
+                        "the publishing lock of %s was taken over or deleted while this "
+                        "writer held it; another writer may publish concurrently",
+                        self.location.url,
+                    )
+                    return
+                logger.warning("cannot renew the publishing lock, retrying: %s", e)
+            except BotoCoreError as e:
+                logger.warning("cannot renew the publishing lock, retrying: %s", e)
+
+    @property
+    def lock_url(self) -> str:
+        """Where the publishing lock object lives (for an operator who must clear it)."""
+        return f"s3://{self.location.bucket}/{self._base}{LOCK_KEY}"
+
+    def _lock_body(self, owner: str) -> bytes:
+        now = time.time()
         return json.dumps(
-            {
-                "owner": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-                "expires": time.time() + self.limits.lock_lease_seconds,
-            }
+            {"owner": owner, "renewed": now, "expires": now + self.limits.lock_lease_seconds}
         ).encode()
 
     def _put_lock(self, **condition: str) -> str:
         response = self._client.put_object(
             Bucket=self.location.bucket,
             Key=self._base + LOCK_KEY,
-            Body=self._lock_body(),
+            Body=self._lock_body(self._owner),
             ContentType="application/json",
             **condition,
             **self._sse,
@@ -294,6 +340,7 @@ class S3Storage(Storage):
     def _acquire(self) -> str:
         deadline = time.monotonic() + self.limits.lock_timeout_seconds
         holder = "another writer"
+        expires = 0.0
         while True:
             try:
                 try:
@@ -315,8 +362,14 @@ class S3Storage(Storage):
                     raise
                 except ValueError:
                     info, etag = {"owner": "unreadable lock", "expires": 0}, str(current["ETag"])
-                holder = str(info.get("owner", holder))
-                if float(info.get("expires", 0)) < time.time():
+                if not isinstance(info, dict):
+                    info = {"owner": "unreadable lock", "expires": 0}
+                holder = str(info.get("owner", holder))[:200]
+                try:
+                    expires = float(info.get("expires", 0))
+                except (TypeError, ValueError):
+                    expires = 0.0
+                if expires < time.time():
                     try:
                         new_etag = self._put_lock(IfMatch=etag)
                     except ClientError as e:
@@ -328,9 +381,13 @@ class S3Storage(Storage):
             except (ClientError, BotoCoreError) as e:
                 raise self._fail(LOCK_KEY, e) from e
             if time.monotonic() > deadline:
-                raise ConflictError(
-                    f"{self.location.url} is being published by {holder}; "
-                    f"gave up after {self.limits.lock_timeout_seconds:.0f}s"
+                left = max(0.0, expires - time.time())
+                raise LockBusyError(
+                    f"{self.location.url} is being published by {holder}; its lease ends in "
+                    f"{left:.0f}s unless renewed (a live publisher renews it every "
+                    f"{self.limits.heartbeat_seconds:.0f}s); gave up after "
+                    f"{self.limits.lock_timeout_seconds:.0f}s. If {holder} is dead, retry "
+                    f"after the lease ends or delete {self.lock_url} to clear it now"
                 )
             time.sleep(self.limits.lock_poll_seconds)
 
