@@ -48,6 +48,7 @@ from tufota_core import (
     InputError,
     NotFoundError,
     check_hardware_id,
+    is_delta_custom,
     product_role,
 )
 
@@ -93,7 +94,11 @@ def _release_target(state: RepoState, hardware_id: str, version: str) -> str:
     if role is None:
         raise NotFoundError(f"product line {hardware_id} has no published releases")
     prefix = f"firmware/{hardware_id}/{version}/"
-    found = [path for path in role.signed.targets if path.startswith(prefix)]
+    found = [
+        path
+        for path, target in role.signed.targets.items()
+        if path.startswith(prefix) and not is_delta_custom(target.custom)  # deltas ride online
+    ]
     if not found:
         versions = sorted({p.split("/")[2] for p in role.signed.targets})
         raise NotFoundError(

@@ -57,6 +57,7 @@ from signing import Expiry, verify_delegate
 from tufota_core import (
     ROLLOUTS_ROLE,
     ConflictError,
+    DeltaInfo,
     FirmwareInfo,
     InputError,
     NotFoundError,
@@ -64,7 +65,9 @@ from tufota_core import (
     RolloutDoc,
     VerificationError,
     Version,
+    delta_target_path,
     firmware_target_path,
+    is_delta_custom,
     rollout_target_path,
     utcnow,
 )
@@ -594,6 +597,43 @@ class Publisher:
         return {name: md.signed.expires for name, md in self.state().all_roles()}
 
 
+def _check_delta(
+    role: str, path: str, target: TargetFile, current: Metadata[Targets] | None
+) -> None:
+    """A delta target sits at its own path and starts from a release this role published.
+
+    Devices check the result against the signed full image themselves; here
+    a delta from bytes no device was ever given is refused.
+
+    Raises:
+        InputError: malformed ``custom``, another path, or an unknown source.
+    """
+    try:
+        info = DeltaInfo.from_custom(target.custom)
+        expected = delta_target_path(
+            info.hardware_id,
+            info.result_version,
+            info.result_target.rsplit("/", 1)[-1],
+            info.source_version,
+        )
+    except InputError as e:
+        raise InputError(f"{role}: {path}: {e}") from e
+    if expected != path:
+        raise InputError(f"{role}: {path}: its custom field describes the delta {expected}")
+    published = current.signed.targets.values() if current is not None else ()
+    if not any(
+        t.length == info.source_length
+        and t.hashes.get("sha256") == info.source_sha256
+        and isinstance(t.custom, dict)
+        and t.custom.get("version") == info.source_version
+        for t in published
+    ):
+        raise InputError(
+            f"{role}: {path}: source {info.source_version} is not a published release "
+            "with that length and hash"
+        )
+
+
 def _check_release(
     role: str, path: str, target: TargetFile, current: Metadata[Targets] | None
 ) -> None:
@@ -610,6 +650,9 @@ def _check_release(
             raise ConflictError(
                 f"{path} is already published with other content; release a new version"
             )
+        return
+    if is_delta_custom(target.custom):
+        _check_delta(role, path, target, current)
         return
     try:
         info = FirmwareInfo.from_custom(target.custom)

@@ -11,16 +11,33 @@ its product-line delegation, keyed to a newly generated key of its own
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuf.api.metadata import Metadata, Targets
 
 from repo_server._layout import Passphrase, Repository
-from repo_server._publisher import Blob, RepoState
-from signing import add_product_line, add_release, empty_delegated, load_signer, sign_all
+from repo_server._publisher import Blob, RepoState, target_storage_key
+from signing import (
+    DeltaRelease,
+    add_deltas,
+    add_product_line,
+    add_release,
+    empty_delegated,
+    load_signer,
+    sign_all,
+)
 from staging import ReleaseCatalog
-from tufota_core import FirmwareInfo, NotFoundError, format_time, product_role, utcnow
+from tufota_core import (
+    FirmwareInfo,
+    NotFoundError,
+    format_time,
+    is_delta_custom,
+    product_role,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +61,21 @@ class ReleaseResult:
     length: int
     sha256: str
     new_product_line: bool
+    deltas: tuple[DeltaRelease, ...] = ()  # made for --delta-from; target None: not published
 
 
 def add_release_locally(
-    repo: Repository, firmware: Path, info: FirmwareInfo, passphrase: Passphrase
+    repo: Repository,
+    firmware: Path,
+    info: FirmwareInfo,
+    passphrase: Passphrase,
+    delta_from: Sequence[tuple[str, Path | None]] = (),
 ) -> ReleaseResult:
     """Sign ``firmware`` with the product line's keys from the signing directory; publish it.
+
+    ``delta_from`` lists (version, image file or None) of earlier releases to
+    publish deltas from, in the same role version; None reads that release's
+    image from the repository.
 
     Raises:
         NotFoundError: the firmware file is missing.
@@ -87,11 +113,33 @@ def add_release_locally(
         released=format_time(now),
     )
     product, target = add_release(product, firmware, signed_info, now, repo.expiry)
-    product_keys = repo.product_key_files(new_targets or state.targets, info.hardware_id)
-    sign_all(product, [load_signer(k, passphrase) for k in product_keys])
-    repo.publisher(passphrase).publish({role: product}, [Blob(target, path=firmware)], new_targets)
+    with tempfile.TemporaryDirectory(prefix="tufota-delta-") as work:
+        sources = [
+            (version, path or _stored_image(repo, product, info.hardware_id, version, Path(work)))
+            for version, path in delta_from
+        ]
+        deltas = add_deltas(product, target, firmware, sources, Path(work))
+        blobs = [Blob(target, path=firmware)]
+        blobs += [Blob(d.target, path=d.path) for d in deltas if d.target is not None]
+        product_keys = repo.product_key_files(new_targets or state.targets, info.hardware_id)
+        sign_all(product, [load_signer(k, passphrase) for k in product_keys])
+        repo.publisher(passphrase).publish({role: product}, blobs, new_targets)
     logger.info("published %s (%d bytes)", target.path, target.length)
-    return ReleaseResult(target.path, target.length, target.hashes["sha256"], is_new)
+    return ReleaseResult(target.path, target.length, target.hashes["sha256"], is_new, tuple(deltas))
+
+
+def _stored_image(
+    repo: Repository, product: Metadata[Targets], hardware_id: str, version: str, work: Path
+) -> Path:
+    """The published image of ``version``, copied out of storage into ``work``."""
+    for t in product.signed.targets.values():
+        if isinstance(t.custom, dict) and t.custom.get("version") == version:
+            if is_delta_custom(t.custom):
+                continue
+            path = work / f"source-{version}"
+            path.write_bytes(repo.storage.get(target_storage_key(t)))
+            return path
+    raise NotFoundError(f"{hardware_id} has no published release {version} to make a delta from")
 
 
 def _first_version(repo: Repository) -> Metadata[Targets]:

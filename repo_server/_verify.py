@@ -42,7 +42,15 @@ from tuf.api.metadata import (
 
 from repo_server._publisher import metadata_key, target_storage_key
 from repo_server._storage import Storage
-from tufota_core import ROLLOUTS_ROLE, FirmwareInfo, InputError, TufotaError, utcnow
+from tufota_core import (
+    ROLLOUTS_ROLE,
+    DeltaInfo,
+    FirmwareInfo,
+    InputError,
+    TufotaError,
+    is_delta_custom,
+    utcnow,
+)
 
 _ROOT_FILE = re.compile(r"^metadata/(\d+)\.root\.json$")
 _HASHES: dict[str, Callable[[], Any]] = {
@@ -268,7 +276,10 @@ class _Verifier:
                 self.problem(role_key, f"signs {path}, outside its delegated paths")
             if name != ROLLOUTS_ROLE and name != Targets.type:
                 try:
-                    FirmwareInfo.from_custom(target.custom)
+                    if is_delta_custom(target.custom):
+                        DeltaInfo.from_custom(target.custom)
+                    else:
+                        FirmwareInfo.from_custom(target.custom)
                 except InputError as e:
                     self.problem(role_key, f"{path}: {e}")
             self.check_blob(target)

@@ -43,6 +43,7 @@ from signing._custody import (
     private_key_files,
     product_key_name,
 )
+from signing._delta import DeltaConfig, DeltaRelease, DeltaStats, add_deltas, make_delta
 from signing._keys import (
     KEY_TYPES,
     PASSPHRASE_ENV,
@@ -85,6 +86,9 @@ __all__ = [
     "BundleCheck",
     "BundleLimits",
     "CurrentMetadata",
+    "DeltaConfig",
+    "DeltaRelease",
+    "DeltaStats",
     "EncryptedFileSigner",
     "Expiry",
     "KeyFile",
@@ -95,6 +99,7 @@ __all__ = [
     "ReleaseBundle",
     "RootProposal",
     "ThresholdState",
+    "add_deltas",
     "add_product_line",
     "add_release",
     "change_product_keys",
@@ -110,6 +115,7 @@ __all__ = [
     "load_public_key",
     "load_root",
     "load_signer",
+    "make_delta",
     "merge_proposals",
     "new_root",
     "new_targets",

@@ -26,7 +26,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 
 from signing._bundle import ReleaseBundle
 from signing._ceremony import verify_root_update
-from tufota_core import FirmwareInfo, InputError, VerificationError
+from tufota_core import DeltaInfo, FirmwareInfo, InputError, VerificationError, is_delta_custom
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ def verify_bundle(
     for _name, md in sorted(bundle.roles.items()):
         for path, target in sorted(md.signed.targets.items()):
             if path in blob_paths:
+                if is_delta_custom(target.custom):
+                    DeltaInfo.from_custom(target.custom)  # well formed; not a release
+                    continue
                 firmware.append((target, FirmwareInfo.from_custom(target.custom)))
     return BundleCheck(
         root_version=None if bundle.root is None else bundle.root.signed.version,

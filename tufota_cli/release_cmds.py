@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from tuf.api.metadata import Metadata, Targets
 
 from repo_server import add_release_locally
 from signing import (
+    DeltaRelease,
+    add_deltas,
     add_release,
     empty_delegated,
     find_product,
@@ -54,6 +58,7 @@ from tufota_core import (
     InputError,
     NotFoundError,
     TransportError,
+    Version,
     check_hardware_id,
     format_time,
     product_role,
@@ -71,6 +76,47 @@ def _release_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cvss", type=float, default=None, help="highest CVSS score this release fixes")
     p.add_argument("--fixes", default="", help="comma-separated CVE ids this release fixes")
     p.add_argument("--notes", default="", help="release notes")
+    p.add_argument(
+        "--delta-from",
+        action="append",
+        default=[],
+        metavar="VERSION[=FILE]",
+        help="also publish a delta from this earlier release (repeat); FILE is its image "
+        "('release add' reads it from the repository when omitted)",
+    )
+
+
+def _delta_sources(specs: list[str], need_file: bool) -> list[tuple[str, Path | None]]:
+    """``VERSION[=FILE]`` arguments as (version, path); a missing FILE is an error if needed."""
+    sources: list[tuple[str, Path | None]] = []
+    for spec in specs:
+        version, sep, file = spec.partition("=")
+        Version.parse(version)
+        if sep and not file:
+            raise InputError(f"--delta-from {spec}: give VERSION=FILE or VERSION")
+        if not sep and need_file:
+            raise InputError(
+                f"--delta-from {spec}: give VERSION=FILE, the image of {version} on this machine"
+            )
+        if sep:
+            _check_firmware(Path(file))
+        if any(v == version for v, _ in sources):
+            raise InputError(f"--delta-from {version} is given twice")
+        sources.append((version, Path(file) if sep else None))
+    return sources
+
+
+def _print_deltas(deltas: Sequence[DeltaRelease], length: int) -> None:
+    for d in deltas:
+        s = d.stats
+        size = f"{s.delta_length} bytes ({s.ratio:.1%} of {length})"
+        if d.target is None:
+            print(f"  delta from {d.source_version}: {size}, saves too little; not published")
+        else:
+            print(
+                f"  delta from {d.source_version}: {d.target.path}, {size}, "
+                f"made in {s.seconds:.1f} s"
+            )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -145,7 +191,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         fixes=tuple(f.strip() for f in args.fixes.split(",") if f.strip()),
         notes=args.notes,
     )
-    result = add_release_locally(repo, firmware, info, passphrase_source())
+    sources = _delta_sources(args.delta_from, need_file=False)
+    result = add_release_locally(repo, firmware, info, passphrase_source(), sources)
     if result.new_product_line:
         print(
             f"new product line {args.hardware}: delegated firmware/{args.hardware}/*/* to its "
@@ -153,6 +200,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         )
     print(f"published {result.target_path}")
     print(f"  {result.length} bytes, sha256 {result.sha256}")
+    _print_deltas(result.deltas, result.length)
     return 0
 
 
@@ -175,6 +223,12 @@ def _check_firmware(path: Path) -> None:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    # Deltas are written here and copied into the bundle; gone afterwards.
+    with tempfile.TemporaryDirectory(prefix="tufota-delta-") as work:
+        return _sign(args, Path(work))
+
+
+def _sign(args: argparse.Namespace, work: Path) -> int:
     firmware = Path(args.file)
     _check_firmware(firmware)
     info = _info_from_args(args)
@@ -204,6 +258,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
         product = Metadata[Targets].from_bytes(product.to_bytes())
     info = dataclasses.replace(info, released=format_time(now))
     product, target = add_release(product, firmware, info, now, expiry)
+    sources = [(v, f) for v, f in _delta_sources(args.delta_from, True) if f is not None]
+    deltas = add_deltas(product, target, firmware, sources, work)
+    _print_deltas(deltas, target.length)
     confirm(
         [
             f"file:      {firmware} ({target.length} bytes)",
@@ -223,9 +280,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     for signer in load_signers(args.key, passphrase_source()):
         sign_checked(product, signer, delegated_keys[signer.public_key.keyid])
     have, need = signature_count(current.targets, name, product)
-    write_bundle(
-        out, roles={name: product}, blobs=[(target, firmware)], context_targets=current.targets
-    )
+    blobs = [(target, firmware)] + [(d.target, d.path) for d in deltas if d.target is not None]
+    write_bundle(out, roles={name: product}, blobs=blobs, context_targets=current.targets)
     print(f"wrote {out}: {target.path}, {have} of {need} signature(s)")
     if have < need:
         print(
