@@ -35,6 +35,7 @@ SECURITY_CODES = frozenset(
         "firmware_too_large",
         "wrong_hardware",
         "downgrade_refused",
+        "below_minimum_version",  # the device's own floor refused an older release
     }
 )
 """Report error codes of data a device refused to trust (``device_agent._errors``).
@@ -44,7 +45,10 @@ a ``verification_failed`` alert), never an install failure: a network attacker
 who tampers with one download must not be able to pause a rollout.
 """
 
-TRANSPORT_CODES = frozenset({"download_failed", "data_budget_exhausted", "server_unreachable"})
+TRANSPORT_CODES = frozenset(
+    # disk_full: the device keeps the partial download and resumes once there is room.
+    {"download_failed", "data_budget_exhausted", "server_unreachable", "disk_full"}
+)
 """Report error codes of a transfer that will be tried again: neither failure nor attack."""
 
 NOT_COUNTED_CODES = SECURITY_CODES | TRANSPORT_CODES
