@@ -96,6 +96,9 @@ def test_base_install_runs_a_root_ceremony_and_signs_a_release(
     assert "b.tar.gz: OK" in verified.stdout
     tufota("expiry", "check", "--repo", "repo")
 
+    stub = tufota("token", "list", "--repo", "repo", code=1)
+    assert stub.stderr == "tufota: error: 'tufota token' needs the server side: " \
+        "pip install 'tufota[server]'\n"  # fmt: skip
     refused = tufota("serve", "--repo", "repo", code=1)
     assert refused.stderr.strip().splitlines() == [
         "tufota: error: 'tufota serve' needs the server side (uvicorn is not installed): "
