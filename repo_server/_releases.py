@@ -91,6 +91,8 @@ def add_release_locally(
     is_new = delegations is None or delegations.roles is None or role not in delegations.roles
     new_targets = None
     if is_new:
+        # The targets keys first: a refused passphrase leaves no new key file behind.
+        targets_signers = [load_signer(repo.key(k), passphrase) for k in repo.config.targets_keys]
         new_targets = add_product_line(
             state.targets,
             info.hardware_id,
@@ -99,9 +101,7 @@ def add_release_locally(
             now,
             repo.expiry,
         )
-        sign_all(
-            new_targets, [load_signer(repo.key(k), passphrase) for k in repo.config.targets_keys]
-        )
+        sign_all(new_targets, targets_signers)
     product = state.roles.get(role) or _first_version(repo)
     signed_info = FirmwareInfo(
         hardware_id=info.hardware_id,

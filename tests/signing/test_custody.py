@@ -627,3 +627,16 @@ def test_version_and_a_closed_pipe_end_quietly(tmp_path: Path) -> None:
         os.close(write)
     assert closed.returncode == 141
     assert closed.stderr == b""
+
+
+def test_release_add_of_a_new_line_without_the_targets_passphrase_writes_nothing(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TUFOTA_PASSPHRASE_TARGETS")
+    before = {**tree(site.signing), **tree(site.repo.path)}
+    fw = image(site.tmp / "fw.img", "1.0.0")
+    capsys.readouterr()
+    assert tufota(["release", "add", str(fw), "--repo", site.r, "--hardware", "gw-200",
+                   "--version", "1.0.0"]) == 1  # fmt: skip
+    assert "TUFOTA_PASSPHRASE_TARGETS" in capsys.readouterr().err
+    assert {**tree(site.signing), **tree(site.repo.path)} == before
