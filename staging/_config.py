@@ -60,12 +60,17 @@ class StagingConfig:
     clock_skew_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.busy_timeout_seconds < 0:
-            raise InputError("busy_timeout_seconds must be >= 0")
-        if not 0 < self.clock_skew_seconds <= MAX_DURATION_SECONDS:
-            raise InputError("clock_skew_seconds must be above 0 and at most 365 days")
-        if self.notification_backoff_seconds < 0 or self.fleet_check_seconds < 0:
-            raise InputError("notification backoff and fleet check times must be >= 0")
+        for name in (
+            "busy_timeout_seconds",
+            "notification_backoff_seconds",
+            "fleet_check_seconds",
+            "clock_skew_seconds",
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_DURATION_SECONDS:  # also refuses NaN
+                raise InputError(f"{name} {value} is outside 0 s - 365 days")
+        if self.clock_skew_seconds == 0:
+            raise InputError("clock_skew_seconds must be above 0")
         for name in (
             "max_tags",
             "max_public_key_bytes",

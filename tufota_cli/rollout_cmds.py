@@ -331,6 +331,15 @@ def render_status(status: RolloutStatus) -> str:
         )
     if data.get("maintenance_window"):
         lines.append(f"maintenance window: {data['maintenance_window']}")
+    if data.get("retry_failed"):
+        lines.append(f"retries: {data.get('retry_generation', 0)}/{data['retry_failed']} made")
+    if data.get("security_events"):
+        lines.append(
+            f"security events: {data['security_events']} verification failures reported "
+            "(refused data; not counted as install failures, see 'alert list')"
+        )
+    if data.get("clock_skewed"):
+        lines.append(f"clock skew: {data['clock_skewed']} devices report a wrong clock")
     return "\n".join(lines)
 
 

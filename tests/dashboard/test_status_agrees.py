@@ -36,3 +36,26 @@ def test_a_rolled_back_device_shows_the_health_checks_failure_after_later_heartb
     record = device.get("device", device)
     assert record["failed_code"] == "health_check_failed"
     assert record["failed_message"] == "plc-io did not answer within 60 s"
+
+
+def test_a_tampered_download_is_a_security_event_in_metrics_not_a_failure(plant: Plant) -> None:
+    plant.add_device("plc-1")
+    plant.add_device("plc-2")
+    rid = plant.start(waves="all:100%")
+    plant.report(
+        "plc-1",
+        "failed",
+        installed_version="1.0.0",
+        target_version="1.2.0",
+        rollout_id=rid,
+        error_code="target_hash_mismatch",
+        message="firmware hash differs from the signed one",
+    )
+    plant.ctx.controller.tick()
+    status = plant.ctx.controller.status(rid)
+    assert (status.state, status.total.failed, status.security_events) == ("active", 0, 1)
+    text = requests.get(f"{plant.url}/metrics", headers=plant.auth(), timeout=10).text
+    assert 'tufota_security_events{hardware_id="gw-100"} 1.0' in text
+    assert 'tufota_rollout_failed_devices{hardware_id="gw-100",rollout_id="' in text
+    failed = next(line for line in text.splitlines() if line.startswith("tufota_rollout_failed"))
+    assert failed.endswith(" 0.0")
