@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -237,9 +238,26 @@ def build_context(
 def check_custody(repo: Repository, tls_key: str | None, lab_override: bool) -> None:
     """Refuse (or, with the lab override, warn loudly) when REPO holds an offline private key.
 
+    Also warns when the server's environment holds an offline key's passphrase
+    variable (root, targets, ``release-*``).
+
     Raises:
         InputError: one line naming the first such file and where it belongs.
     """
+    offline_env = sorted(
+        name
+        for name in os.environ
+        if name in ("TUFOTA_PASSPHRASE_ROOT", "TUFOTA_PASSPHRASE_TARGETS")
+        or name.startswith("TUFOTA_PASSPHRASE_RELEASE_")
+    )
+    if offline_env:
+        print(
+            f"warning: the server's environment holds offline keys' passphrases "
+            f"({', '.join(offline_env)}); give it only TUFOTA_PASSPHRASE_ONLINE and "
+            "TUFOTA_PASSPHRASE_ROLLOUTS",
+            file=sys.stderr,
+            flush=True,
+        )
     ignore = (Path(tls_key),) if tls_key else ()
     findings = repo.offline_keys_here(ignore)
     if not findings:

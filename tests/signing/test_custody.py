@@ -192,8 +192,10 @@ def test_serve_refuses_to_start_beside_an_offline_private_key(
     plant: object,
     role: str,
     where: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    set_env(monkeypatch, dict(ONLINE_ENV))  # what a server's environment holds
     private = plant(site)  # type: ignore[operator]
     dest = site.repo.path / where
     dest.mkdir(parents=True, exist_ok=True)
@@ -640,3 +642,16 @@ def test_release_add_of_a_new_line_without_the_targets_passphrase_writes_nothing
                    "--version", "1.0.0"]) == 1  # fmt: skip
     assert "TUFOTA_PASSPHRASE_TARGETS" in capsys.readouterr().err
     assert {**tree(site.signing), **tree(site.repo.path)} == before
+
+
+def test_serve_warns_when_its_environment_holds_an_offline_passphrase(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    check_custody(site.repo, None, lab_override=False)  # the site's env has them all
+    err = capsys.readouterr().err
+    assert "TUFOTA_PASSPHRASE_RELEASE_GW_100" in err
+    assert "TUFOTA_PASSPHRASE_ROOT" in err
+    set_env(monkeypatch, dict(ONLINE_ENV))
+    check_custody(site.repo, None, lab_override=False)
+    assert capsys.readouterr().err == ""
