@@ -33,7 +33,8 @@ Invariants:
   it (``resolve_alert``, which then re-publishes the tracker's document).
   Device reports that contradict the tracker (installing outside the open
   waves, starting after a pause or abort, a release no rollout offered) open
-  the same kind of alert, one per device.
+  the same kind of alert, one per device; they are looked for with the
+  fleet-wide monitors (every ``fleet_check_seconds``), as they scan devices.
 """
 
 from __future__ import annotations
@@ -444,7 +445,7 @@ class RolloutController:
         report = TickReport()
         self.last_tick = report
         with_alerts = {a.rollout_id for a in self._store.list_alerts(open_only=True)}
-        watched: set[str] = set()
+        watched: dict[str, RolloutRecord] = {}
         for rollout in self._store.list_rollouts():
             if rollout.state == "active":
                 try:
@@ -469,12 +470,7 @@ class RolloutController:
                     )
             if latest.live or latest.rollout_id in with_alerts:
                 self._watch_guarded(latest)
-            if latest.hardware_id not in watched:
-                watched.add(latest.hardware_id)  # newest first: the hardware id's newest
-                self._guard(
-                    f"device reports of rollout {latest.rollout_id}",
-                    partial(self._watch_devices, latest),
-                )
+            watched.setdefault(latest.hardware_id, latest)  # newest first: each hw's newest
         now = self._clock()
         due = self._fleet_checked is None or now - self._fleet_checked >= timedelta(
             seconds=self._config.fleet_check_seconds
@@ -486,6 +482,12 @@ class RolloutController:
             self._guard("metadata expiry check", lambda: self._watch_expiry(now))
             self._guard("patch status check", lambda: self._watch_patches(now))
             self._guard("device clock check", lambda: self._watch_clocks(now))
+            # Scans of the devices' own reports: with the fleet checks, not every tick.
+            for newest in watched.values():
+                self._guard(
+                    f"device reports of rollout {newest.rollout_id}",
+                    partial(self._watch_devices, newest),
+                )
         self._guard("alert delivery", self.deliver)
         return report.events
 

@@ -1162,9 +1162,8 @@ class SqliteTrackerStore(TrackerStore):
             if newest is not None and newest.rollout_id == rollout.rollout_id:
                 rows = conn.execute(
                     "SELECT * FROM devices WHERE cohort_rollout = :rid AND status != 'revoked'"  # noqa: S608 - fixed SQL, values bound
-                    " AND (cohort_wave > :current OR cohort_wave < 0)"
-                    " AND (installed_version = :version OR ((target_version = :version"
-                    f"  OR rollout_id = :rid) AND state IN {working}))"
+                    " AND (cohort_wave > :current OR cohort_wave < 0) AND rollout_id = :rid"
+                    f" AND (installed_version = :version OR state IN {working})"
                     " ORDER BY device_id LIMIT :limit",
                     params,
                 ).fetchall()

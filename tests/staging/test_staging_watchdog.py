@@ -163,7 +163,9 @@ def test_a_device_installing_outside_the_open_waves_raises_one_alert(fleet: Flee
     fleet.controller.tick()
     outsider = ids[5]
     _working(fleet, outsider, "downloading", "1.1.0", doc.rollout_id)
+    fleet.clock.advance(60)  # device reports are scanned with the fleet checks
     fleet.controller.tick()
+    fleet.clock.advance(60)
     fleet.controller.tick()
     (summary,) = fleet.diverged()
     assert f"{outsider} reports downloading of 1.1.0 from wave 2" in summary
@@ -178,7 +180,9 @@ def test_a_device_starting_after_a_pause_raises_one_alert(fleet: Fleet) -> None:
     fleet.controller.pause(rid, "investigating")
     fleet.clock.advance(10)
     _working(fleet, ids[1], "downloading", "1.1.0", rid)
+    fleet.clock.advance(60)
     fleet.controller.tick()
+    fleet.clock.advance(60)
     fleet.controller.tick()
     (summary,) = fleet.diverged()
     assert f"{ids[1]} started downloading 1.1.0" in summary
@@ -189,7 +193,9 @@ def test_a_device_working_towards_a_release_nobody_offered_raises_one_alert(flee
     ids = fleet.devices.add(2, version="1.0.0")
     fleet.start("all:100%")
     _working(fleet, ids[0], "installing", "1.0.1", "forged-rollout")
+    fleet.clock.advance(60)
     fleet.controller.tick()
+    fleet.clock.advance(60)
     fleet.controller.tick()
     (summary,) = fleet.diverged()
     assert f"{ids[0]} reports installing of 1.0.1, a release no rollout of {HW} offered" in summary
