@@ -57,6 +57,7 @@ from tufota_core import (
     TufotaError,
     Version,
     format_time,
+    safe_text,
     utcnow,
     wave_index,
 )
@@ -185,7 +186,8 @@ def findings(
             message = device.failed_message if device.failed_code else device.error_message
             reason = code or kind.replace("_", " ")
             if message:
-                reason = f"{reason}: {message}"
+                # Device-supplied: bidi and control characters shown, not obeyed.
+                reason = f"{reason}: {safe_text(message, 1024)}"
             since = device.failed_at
         elif rollout.live and kind != "succeeded":
             stall = find_stall(rollout, index, device, now)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from signing import PASSPHRASE_ENV, KeyPassphrases
+from tufota_core import safe_text
 
 if TYPE_CHECKING:
     from repo_server import Repository
@@ -41,8 +42,12 @@ def print_json(data: Any) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """A plain aligned text table; control and bidi characters in cells shown as escapes."""
+    # Cells carry device-supplied text: a bidi override or an escape sequence must
+    # not rewrite what the operator's terminal shows.
+    cells = [[safe_text(str(h)) for h in headers]] + [
+        ["" if c is None else safe_text(str(c)) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells

@@ -2,7 +2,9 @@
 //
 // Rules this file keeps:
 // * Every string from the server (device ids, error messages, reasons) is rendered with
-//   textContent or as an SVG text node, never as HTML: devices control some of it.
+//   textContent or as an SVG text node, never as HTML: devices control some of it. Control,
+//   format and bidi characters are shown as \u{XXXX} (as tufota_core.safe_text does), so a
+//   right-to-left override cannot make "evil" read as "live".
 // * The API token lives in sessionStorage (this tab only) and travels as a Bearer header.
 // * A failed poll never blanks the page: the last good data stays, a banner says since when
 //   the server is unreachable, and polling retries with a capped backoff.
@@ -40,12 +42,19 @@
 
   // -- small DOM helpers -----------------------------------------------------------------
 
+  const HIDDEN = /[\p{Cc}\p{Cf}\p{Cs}]/gu;
+
+  function visible(value) {
+    const hex = (ch) => ch.codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+    return String(value).replace(HIDDEN, (ch) => `\\u{${hex(ch)}}`);
+  }
+
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined || value === false) continue;
       if (key === "class") el.className = value;
-      else if (key === "text") el.textContent = value;
+      else if (key === "text") el.textContent = visible(value);
       else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
       else el.setAttribute(key, value === true ? "" : String(value));
     }
@@ -57,7 +66,7 @@
     const el = document.createElementNS(SVG_NS, tag);
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined) continue;
-      if (key === "text") el.textContent = value;
+      if (key === "text") el.textContent = visible(value);
       else el.setAttribute(key, String(value));
     }
     append(el, children);
@@ -67,7 +76,7 @@
   function append(el, children) {
     for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
-      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      el.append(child instanceof Node ? child : document.createTextNode(visible(child)));
     }
   }
 

@@ -270,6 +270,27 @@ def test_device_links_lead_to_report_history_and_device_text_stays_text(
     assert console.errors == []
 
 
+def test_bidi_overrides_in_device_text_are_shown_not_obeyed(plant: Plant, page: Page) -> None:
+    rollout_id = _small_fleet(plant)
+    # Rendered as is, U+202E makes "evil" read as "live".
+    plant.report(
+        "dev-1",
+        "failed",
+        target_version="1.2.0",
+        rollout_id=rollout_id,
+        error_code="install_failed",
+        message="status \u202elive",
+    )
+    _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
+    row = page.locator("#attention tr.finding[data-device='dev-1']")
+    expect(row).to_contain_text("status \\u{202E}live")
+    assert "\u202e" not in row.inner_text()
+    row.locator("a.device").click()
+    reports = page.locator("#reports")
+    expect(reports).to_contain_text("status \\u{202E}live")  # the raw history, escaped by the page
+    assert "\u202e" not in reports.inner_text()
+
+
 def test_the_page_recovers_by_itself_when_the_server_restarts(plant: Plant, page: Page) -> None:
     rollout_id = _small_fleet(plant)
     _open(page, f"{plant.url}/dashboard", plant.token("viewer"))
