@@ -256,3 +256,21 @@ def test_fleet_status_counts_a_revoked_device_in_its_summary(
     assert "revoked" in row
     assert "by status:   accepted 1, revoked 1" in out
     assert "(revoked devices not counted: 1)" in out
+
+
+def test_start_without_a_passphrase_creates_and_publishes_nothing(
+    released_repo: Repository, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TUFOTA_PASSPHRASE", raising=False)
+    SqliteTrackerStore(released_repo.tracker_path).close()
+    before = _snapshot(released_repo)
+    code, _out, err = _run(
+        [
+            *("rollout", "start", "--repo", str(released_repo.path), "--hardware", HW),
+            *("--version", "1.1.0", "--waves", "all:100%"),
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert "no passphrase" in err
+    assert _snapshot(released_repo) == before
