@@ -183,6 +183,26 @@ def test_a_device_killed_mid_download_is_reported_stalled_exactly_once(
     assert status["total"]["downloading"] == 1
 
 
+def test_the_documented_recipe_start_then_simulate_waits_for_the_devices(
+    server: Server, tmp_path: Path
+) -> None:
+    started = server.start(waves="canary:10%,all:100%", soak="0s")
+    rid = started["rollout_id"]
+    import time
+
+    time.sleep(1.0)  # five controller ticks on an empty fleet
+    status = server.get(f"/api/v1/rollouts/{rid}")
+    assert status["state"] == "active"
+    assert "waiting for devices to register" in status["gate"]
+    sim = _sim(server, tmp_path, 6)
+    try:
+        result = sim.run(60, rollout_id=rid)
+    finally:
+        sim.close()
+    assert result.rollout_state == "completed"
+    assert result.versions == {"1.1.0": 6}
+
+
 def test_stalled_devices_block_the_simulation_honestly_and_an_operator_completes(
     server: Server, tmp_path: Path
 ) -> None:
