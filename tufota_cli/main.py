@@ -79,7 +79,7 @@ def _missing_server_package(e: ModuleNotFoundError) -> str | None:
 
 def _needs_server(command: str, package: str) -> ServerExtraMissingError:
     return ServerExtraMissingError(
-        f"'tufota {command}' needs the server side ({package} is not installed): "
+        f"'tufota {command}' needs {package}, which the base install leaves out: "
         f"pip install '{SERVER_EXTRA}'"
     )
 

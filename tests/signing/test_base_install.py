@@ -101,6 +101,6 @@ def test_base_install_runs_a_root_ceremony_and_signs_a_release(
         "pip install 'tufota[server]'\n"  # fmt: skip
     refused = tufota("serve", "--repo", "repo", code=1)
     assert refused.stderr.strip().splitlines() == [
-        "tufota: error: 'tufota serve' needs the server side (uvicorn is not installed): "
+        "tufota: error: 'tufota serve' needs uvicorn, which the base install leaves out: "
         "pip install 'tufota[server]'"
     ]
