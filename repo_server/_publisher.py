@@ -26,6 +26,15 @@ previous repository fully valid; re-running the same publish completes it.
 Publishing the very same role bytes again is a no-op. ``step_hook`` is called
 with ``root``, ``blobs``, ``roles``, ``snapshot``, ``timestamp`` and ``done``
 before each stage; tests inject crashes through it.
+
+The online ``rollouts`` role holds only ``rollouts/<hardware_id>.json``
+documents the server wrote. A published copy holding anything else (e.g.
+``firmware/...`` or ``evil.bin``) was signed by someone holding the online
+key: whenever the server re-signs the role (``publish_rollout``,
+``refresh_online``) it rebuilds the role from its own namespace, drops every
+other target, logs an error naming them, and keeps them in
+``Publisher.forged_targets`` for the watchdog and operators. It never
+re-signs a forged entry and never lets one stop its own publishing.
 """
 
 from __future__ import annotations
@@ -69,10 +78,25 @@ from tufota_core import (
     firmware_target_path,
     is_delta_custom,
     rollout_target_path,
+    safe_text,
     utcnow,
 )
 
 logger = logging.getLogger(__name__)
+
+_ROLLOUT_DOC = re.compile(r"^rollouts/([^/]{1,63})\.json$")
+
+
+def _is_rollout_doc_path(path: str) -> bool:
+    """Whether ``path`` is one the server writes into the online role (rollout documents)."""
+    match = _ROLLOUT_DOC.match(path)
+    if match is None:
+        return False
+    try:
+        return rollout_target_path(match.group(1)) == path
+    except InputError:  # not a hardware id
+        return False
+
 
 _ROOT_FILE = re.compile(r"^metadata/(\d+)\.root\.json$")
 
@@ -200,6 +224,24 @@ class Publisher:
         self.expiry = expiry or Expiry()
         self._clock = clock
         self._step_hook = step_hook
+        self.forged_targets: tuple[str, ...] = ()  # the last forged rollouts entries dropped
+
+    def _drop_forged(self, rollouts: Metadata[Targets]) -> None:
+        """Remove every target of the online role that the server could not have written."""
+        forged = sorted(p for p in rollouts.signed.targets if not _is_rollout_doc_path(p))
+        for path in forged:
+            del rollouts.signed.targets[path]
+        if forged:
+            self.forged_targets = tuple(forged)
+            shown = ", ".join(repr(safe_text(p, 80)) for p in forged[:5])
+            more = f" and {len(forged) - 5} more" if len(forged) > 5 else ""
+            logger.error(
+                "the published %s role holds targets the server never wrote: %s%s; "
+                "dropped them on re-signing (online key compromise? see docs/signing.md)",
+                ROLLOUTS_ROLE,
+                shown,
+                more,
+            )
 
     def _step(self, name: str) -> None:
         if self._step_hook is not None:
@@ -523,6 +565,7 @@ class Publisher:
             rollouts = state.roles.get(ROLLOUTS_ROLE)
             if rollouts is None:
                 raise RepositoryError("the repository has no rollouts role")
+            self._drop_forged(rollouts)
             rollouts.signed.targets[path] = target
             rollouts.signed.version += 1
             rollouts.signed.expires = self._clock() + self.expiry.rollouts
@@ -552,7 +595,13 @@ class Publisher:
             renewed: list[str] = []
             rollouts = state.roles.get(ROLLOUTS_ROLE)
             rollouts_margin = margin if margin is not None else self.expiry.rollouts / 2
-            if rollouts is not None and rollouts.signed.expires - now <= rollouts_margin:
+            forged = rollouts is not None and any(
+                not _is_rollout_doc_path(p) for p in rollouts.signed.targets
+            )
+            if rollouts is not None and (
+                forged or rollouts.signed.expires - now <= rollouts_margin
+            ):
+                self._drop_forged(rollouts)
                 rollouts.signed.version += 1
                 rollouts.signed.expires = now + self.expiry.rollouts
                 rollouts.signatures.clear()
