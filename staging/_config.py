@@ -42,8 +42,10 @@ class StagingConfig:
         fleet_check_seconds: least time between two runs of the fleet-wide
             monitors (metadata expiry, unpatched vulnerabilities).
         clock_skew_seconds: a device whose report's own time (``Report.time``)
-            differs from the server's clock by more than this raises a
-            ``device_clock_skew`` alert.
+            is ahead of the server's clock by more than this raises a
+            ``device_clock_skew`` alert (it would find valid metadata expired).
+            A time behind is not flagged: reports queued while offline are
+            legitimately older than their arrival.
     """
 
     busy_timeout_seconds: float = 10.0

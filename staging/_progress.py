@@ -239,7 +239,7 @@ def _count(
                 recent += 1
             if last_failure is None or device.failed_at > last_failure:
                 last_failure = device.failed_at
-        if outcome != "succeeded" and abs(device.clock_skew or 0) > skew_seconds:
+        if outcome != "succeeded" and (device.clock_skew or 0) > skew_seconds:
             skewed += 1
     status = WaveStatus(name, eligible, checked_in, **{o: outcomes[o] for o in OUTCOMES})
     return status, recent, last_failure, skewed

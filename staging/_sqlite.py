@@ -984,7 +984,7 @@ class SqliteTrackerStore(TrackerStore):
                 " coalesce(sum(o IN ('failed', 'rolled_back') AND failed_at >= :since), 0)"
                 "   AS recent,"
                 " max(CASE WHEN o IN ('failed', 'rolled_back') THEN failed_at END) AS last_failure,"
-                " coalesce(sum(o != 'succeeded' AND abs(coalesce(clock_skew, 0)) > :skew), 0)"
+                " coalesce(sum(o != 'succeeded' AND coalesce(clock_skew, 0) > :skew), 0)"
                 "   AS skewed"
                 f" FROM (SELECT cohort_wave, last_seen, failed_at, clock_skew, {outcome} AS o"
                 "   FROM devices WHERE cohort_rollout = :rollout_id AND status != 'revoked')"
@@ -1238,7 +1238,7 @@ class SqliteTrackerStore(TrackerStore):
         with self._tx(write=False) as conn:
             rows = conn.execute(
                 "SELECT * FROM devices WHERE status != 'revoked' AND clock_skew IS NOT NULL"
-                " AND abs(clock_skew) > ? ORDER BY device_id LIMIT ?",
+                " AND clock_skew > ? ORDER BY device_id LIMIT ?",
                 (threshold_seconds, max(0, limit)),
             ).fetchall()
         return [self._device_from_row(r) for r in rows]

@@ -423,7 +423,7 @@ class TrackerStore(ABC):
 
     @abstractmethod
     def skewed_devices(self, threshold_seconds: float, limit: int) -> list[DeviceRecord]:
-        """Non-revoked devices whose last reported clock is off by more than the threshold."""
+        """Non-revoked devices whose last reported clock is ahead by more than the threshold."""
 
     @abstractmethod
     def close(self) -> None:

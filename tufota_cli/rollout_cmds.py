@@ -574,7 +574,8 @@ def cmd_alert_settings(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     with SqliteTrackerStore(repo.tracker_path) as store:
         settings = store.get_alert_settings()
-        if args.patch_grace is not None or args.min_cvss is not None or args.expiry_margin:
+        changes = (args.patch_grace, args.min_cvss, args.expiry_margin)
+        if any(value is not None for value in changes):
             settings = AlertSettings(
                 settings.sinks,
                 settings.patch_grace_seconds if args.patch_grace is None else args.patch_grace,
