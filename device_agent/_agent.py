@@ -57,6 +57,7 @@ from device_agent._bundle import (
 )
 from device_agent._config import AgentConfig
 from device_agent._decide import IDLE, DevicePolicy, check_firmware, decide
+from device_agent._delta import NOT_TRIED, delta_message, fetch_via_delta
 from device_agent._download import ByteSource, Downloader, FileSource, HttpSource
 from device_agent._errors import (
     BOOT_ATTEMPTS_EXHAUSTED,
@@ -265,6 +266,8 @@ class Agent:
         message: str = "",
         bytes_done: int = 0,
         bytes_total: int = 0,
+        bytes_fetched: int = 0,
+        delta_from: str | None = None,
         about: tuple[str | None, str | None] | None = None,
         **changes: Any,
     ) -> None:
@@ -292,6 +295,8 @@ class Agent:
                 bytes_done=bytes_done,
                 bytes_total=bytes_total,
                 time=format_time(utcnow()),
+                bytes_fetched=bytes_fetched,
+                delta_from=delta_from,
             )
             envelope = sign_report(signed, self._get_signer())
             if report == "idle":
@@ -623,8 +628,23 @@ class Agent:
         )
         self._flush()  # the server sees "downloading" now, not at the first progress step
         downloader, close = self._downloader(source, info.length)
+        delta = NOT_TRIED
         try:
-            result = client.download(info, dest, downloader)
+            result = None
+            if isinstance(source, HttpSource):
+                # A signed delta from the active slot when there is one; any refusal
+                # falls back to the full image below, in the same cycle.
+                result, delta = fetch_via_delta(
+                    client,
+                    downloader,
+                    hardware_id=self.config.hardware_id,
+                    installed_version=self.installer.installed_version(),
+                    active_image=self.installer.active_image(),
+                    result=info,
+                    dest=dest,
+                )
+            if result is None:
+                result = client.download(info, dest, downloader)
         except TransportError as e:
             logger.info("download interrupted (%s): %s", e.code, e)
             if e.code in REPORTED_TRANSPORT_CODES:
@@ -645,11 +665,15 @@ class Agent:
             result.fetched,
             f", resumed at {result.resumed_from}" if result.resumed_from else "",
         )
+        fetched = result.fetched + (0 if delta.used else delta.fetched)
         self._transition(
             "downloaded",
             report="downloaded",
             bytes_done=info.length,
             bytes_total=info.length,
+            bytes_fetched=fetched,
+            delta_from=delta.source_version if delta.used else None,
+            message=delta_message(delta, fetched, info.length),
             target_sha256=result.sha256,
         )
         self._transition("installing", report="installing")

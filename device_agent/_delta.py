@@ -458,7 +458,7 @@ def fetch_via_delta(
         return None, DeltaOutcome(used=False, fallback_code=e.code)
     if target is None:
         return None, NOT_TRIED
-    outcome = DeltaOutcome(used=False, source_version=installed_version, delta_length=target.length)
+    received = 0
     try:
         try:
             info = DeltaInfo.from_custom(target.custom)
@@ -477,6 +477,7 @@ def fetch_via_delta(
             return None, NOT_TRIED
         staged = client.download_dir / f"{target.hashes.get('sha256', 'delta')}.tfdelta"
         fetched = client.download(target, staged, downloader)
+        received = fetched.fetched
         applied = apply_delta(
             info,
             active_image,
@@ -497,6 +498,7 @@ def fetch_via_delta(
             used=False,
             source_version=installed_version,
             delta_length=target.length,
+            fetched=received,
             fallback_code=e.code,
         )
     logger.info(
@@ -511,5 +513,17 @@ def fetch_via_delta(
         used=True,
         source_version=installed_version,
         fetched=fetched.fetched,
-        delta_length=outcome.delta_length,
+        delta_length=target.length,
     )
+
+
+def delta_message(outcome: DeltaOutcome, fetched: int, length: int) -> str:
+    """The "downloaded" report's message: how the image came, and what it cost."""
+    if outcome.used:
+        return (
+            f"delta from {outcome.source_version}: fetched {fetched} of {length} bytes "
+            f"({length - fetched} saved)"
+        )
+    if outcome.fallback_code is not None:
+        return f"delta refused ({outcome.fallback_code}); full image: fetched {fetched} bytes"
+    return f"full image: fetched {fetched} bytes"

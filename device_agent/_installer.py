@@ -97,6 +97,13 @@ class Installer(ABC):
         """
         return staging_dir / f"{sha256}.bin"
 
+    def active_image(self) -> Path | None:
+        """The committed image's file, readable for a delta to start from; None if unknown.
+
+        The default (an installer that cannot read its active slot) never uses deltas.
+        """
+        return None
+
     @abstractmethod
     def install(self, image: Path, version: str, sha256: str) -> None:
         """Write the verified ``image`` to the inactive slot and mark it to try-boot.
@@ -212,6 +219,13 @@ class ABSimulator(Installer):
         control = self._load()
         version: str | None = control["slots"][control["active"]]["version"]
         return version
+
+    def active_image(self) -> Path | None:
+        control = self._load()
+        if control["slots"][control["active"]].get("version") is None:
+            return None
+        active: str = control["active"]
+        return self._dir / active / IMAGE_NAME
 
     def pending_version(self) -> str | None:
         control = self._load()

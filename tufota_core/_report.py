@@ -65,6 +65,10 @@ class Report:
     bytes_done: int = 0
     bytes_total: int = 0
     time: str = ""
+    # Set on "downloaded": bytes received for this image (delta or full) and,
+    # when a delta was applied, the installed version it started from.
+    bytes_fetched: int = 0
+    delta_from: str | None = None
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -78,14 +82,14 @@ class Report:
             raise InputError(
                 f"report state {self.state!r} is not one of {', '.join(DEVICE_STATES)}"
             )
-        for version in (self.installed_version, self.target_version):
+        for version in (self.installed_version, self.target_version, self.delta_from):
             if version is not None:
                 Version.parse(version)
         if self.error_code is not None and not _CODE.match(self.error_code):
             raise InputError(f"error code {self.error_code!r} is invalid")
         if len(self.message) > MAX_MESSAGE:
             raise InputError(f"report message is longer than {MAX_MESSAGE} characters")
-        for number in (self.bytes_done, self.bytes_total):
+        for number in (self.bytes_done, self.bytes_total, self.bytes_fetched):
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
                 raise InputError("report byte counts must be integers >= 0")
             if number > MAX_REPORT_SEQ:
