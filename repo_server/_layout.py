@@ -366,12 +366,16 @@ class Repository:
         return cls.open(path, signing)
 
     def key(self, name: str) -> KeyFile:
-        """The public key file ``name.pub``: in ``REPO/keys``, else in the signing directory.
+        """The key file ``name.pub``: online keys from ``REPO/keys``, others from the signing dir.
+
+        Each falls back to the other place (older layouts kept every key in ``REPO/keys``).
 
         Raises:
             NotFoundError: in neither place.
         """
-        for directory in (self.keys_dir, self.signing_dir):
+        online = name in (self.config.online_key, self.config.rollouts_key)
+        places = (self.keys_dir, self.signing_dir) if online else (self.signing_dir, self.keys_dir)
+        for directory in places:
             if (directory / f"{name}.pub").is_file():
                 return load_public_key(directory / f"{name}.pub")
         raise NotFoundError(
