@@ -93,11 +93,9 @@ BAD = [
 
 def _repo_args(argv: list[str], repo: str) -> list[str]:
     """``--repo`` where the command takes one (not for key/release verify/product...)."""
-    needs_repo = argv[0] in ("rollout", "alert", "device", "token", "fleet", "repo") or argv[:2] in (
-        ["release", "add"],
-        ["product", "add"],
-        ["expiry", "check"],
-    )
+    groups = ("rollout", "alert", "device", "token", "fleet", "repo")
+    commands = (["release", "add"], ["product", "add"], ["expiry", "check"])
+    needs_repo = argv[0] in groups or argv[:2] in commands
     return [*argv, "--repo", repo] if needs_repo else argv
 
 
