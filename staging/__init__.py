@@ -15,7 +15,12 @@ Invariants:
 * Every state change is one transaction with a recorded reason.
 
 * Each alert condition (paused rollout, a device's stall, expiring online
-  metadata, an unpatched CVSS >= 7 fix) opens one alert and resolves it once.
+  metadata, an unpatched CVSS >= 7 fix, a device clock ahead of ours) opens
+  one alert and resolves it once; verification failures devices report and
+  divergences between the published rollout documents (or device reports)
+  and the tracker open critical alerts that only an operator resolves.
+* Gates count only failures a device proves about the image
+  (``NOT_COUNTED_CODES`` never count; ``SECURITY_CODES`` are security events).
 
 Only ``tufota_core`` and the standard library are imported (``boto3`` lazily,
 for the SNS sink).
@@ -44,6 +49,9 @@ from staging._errors import ReplayError, StoreError
 from staging._model import (
     DEVICE_STATUSES,
     EVENT_KINDS,
+    MAX_RETRIES,
+    NOT_COUNTED_CODES,
+    SECURITY_CODES,
     DeviceRecord,
     Event,
     NewDevice,
@@ -73,9 +81,12 @@ __all__ = [
     "DEVICE_STATUSES",
     "EVENT_KINDS",
     "EXPOSURES",
+    "MAX_RETRIES",
+    "NOT_COUNTED_CODES",
     "ONLINE_ROLES",
     "PRESETS",
     "REPORT_OUTCOMES",
+    "SECURITY_CODES",
     "SINK_KINDS",
     "STALL_KINDS",
     "Alert",

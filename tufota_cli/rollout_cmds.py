@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--reason", default="", help="why, for the rollout's history")
     p.set_defaults(func=cmd_start)
 
-    p = rsub.add_parser("status", help="per-wave progress of rollouts")
+    p = rsub.add_parser("status", help="per-wave progress of rollouts", epilog=EXIT_CODES)
     p.add_argument("rollout_id", nargs="?", help="a rollout id (default: every rollout)")
     add_repo_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")

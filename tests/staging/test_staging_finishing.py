@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from staging import NewDevice, RolloutController, RolloutOptions, SqliteTrackerStore, find_stall
+from staging import (
+    NOT_COUNTED_CODES,
+    SECURITY_CODES,
+    NewDevice,
+    RolloutController,
+    RolloutOptions,
+    SqliteTrackerStore,
+    find_stall,
+)
 from tests.staging.helpers import HW, Devices, FakeClock, RecordingPublisher
 from tufota_core import ConflictError, InputError, Report, RolloutDoc, format_time, parse_wave_spec
 
@@ -293,3 +301,14 @@ def test_registering_a_taken_device_id_names_it_without_sql(
     )
     assert "UNIQUE" not in str(raised.value)
     assert store.list_devices() == before
+
+
+def test_every_code_the_gates_leave_out_is_one_the_agent_reports() -> None:
+    from device_agent import _errors
+
+    agent_codes = {v for k, v in vars(_errors).items() if k.isupper() and isinstance(v, str)}
+    assert agent_codes >= NOT_COUNTED_CODES
+    assert SECURITY_CODES <= NOT_COUNTED_CODES
+    # The device's own failures always count toward the failure threshold.
+    assert {"install_failed", "health_check_failed", "boot_attempts_exhausted"} <= agent_codes
+    assert not {"install_failed", "health_check_failed"} & NOT_COUNTED_CODES
