@@ -169,6 +169,9 @@ class RolloutStatus:
     security_events: int = 0
     clock_skewed: int = 0
     retry_generation: int = 0
+    bytes_fetched: int = 0
+    bytes_saved: int = 0
+    delta_downloads: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +199,9 @@ class RolloutStatus:
             "clock_skewed": self.clock_skewed,
             "retry_generation": self.retry_generation,
             "retry_failed": self.options.retry_failed,
+            "bytes_fetched": self.bytes_fetched,
+            "bytes_saved": self.bytes_saved,
+            "delta_downloads": self.delta_downloads,
         }
 
 
@@ -212,6 +218,9 @@ class RolloutCounts:
         skewed: per wave, devices not yet succeeded whose clock is off by
             more than ``StagingConfig.clock_skew_seconds``.
         security_events: verification failures devices reported for this rollout.
+        bytes_fetched: bytes devices received for this rollout's image (delta or full).
+        bytes_saved: image bytes they did not have to fetch, thanks to deltas.
+        delta_downloads: downloads made by delta.
     """
 
     waves: tuple[WaveStatus, ...]
@@ -220,6 +229,9 @@ class RolloutCounts:
     last_failure: datetime | None = None
     skewed: tuple[int, ...] = ()
     security_events: int = 0
+    bytes_fetched: int = 0
+    bytes_saved: int = 0
+    delta_downloads: int = 0
 
 
 def _count(
@@ -330,6 +342,9 @@ def judge(
         security_events=counts.security_events,
         clock_skewed=sum(counts.skewed),
         retry_generation=rollout.retry_generation,
+        bytes_fetched=counts.bytes_fetched,
+        bytes_saved=counts.bytes_saved,
+        delta_downloads=counts.delta_downloads,
     )
     return status, gate
 
@@ -377,10 +392,15 @@ def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
             f"{opts.failure_threshold * 100:g}%)",
         )
     if not any(w.eligible for w in per_wave):
+        outside = (
+            f"; {counts.not_targeted} registered devices are in no wave"
+            if counts.not_targeted
+            else ""
+        )
         return Gate(
             False,
             False,
-            f"{where}: waiting for devices to register (no eligible device in any wave)",
+            f"{where}: waiting for devices to register (no eligible device in any wave{outside})",
         )
     if per_wave[current].eligible == 0:
         return Gate(True, False, f"{where} holds no devices; {step} is due")
