@@ -15,6 +15,9 @@ Families (all prefixed ``tufota_``):
                                        waiting, stalled)
 ``rollout_failed_devices``             failed or rolled back, per rollout
 ``rollout_stalled_devices``            stalled, per rollout
+``rollout_fetched_bytes``              bytes devices fetched for the rollout's image, per rollout
+``rollout_saved_bytes``                image bytes not fetched thanks to deltas, per rollout
+``rollout_delta_downloads``            downloads made by delta, per rollout
 ``security_events``                    verification failures devices reported (tampered or
                                        invalid data refused), per hardware_id; never install
                                        failures
@@ -277,6 +280,19 @@ class TrackerCollector(Collector):
         stalled = GaugeMetricFamily(
             "tufota_rollout_stalled_devices", "Stalled devices of the open waves", labels=label
         )
+        fetched = GaugeMetricFamily(
+            "tufota_rollout_fetched_bytes",
+            "Bytes devices reported fetching for the rollout's image (deltas and full images)",
+            labels=label,
+        )
+        saved = GaugeMetricFamily(
+            "tufota_rollout_saved_bytes",
+            "Image bytes devices did not fetch thanks to deltas",
+            labels=label,
+        )
+        by_delta = GaugeMetricFamily(
+            "tufota_rollout_delta_downloads", "Downloads made by delta", labels=label
+        )
         for rollout in _exported_rollouts(self.ctx.store.list_rollouts()):
             values = [rollout.rollout_id, rollout.hardware_id, rollout.version]
             for name in ROLLOUT_STATES:
@@ -288,7 +304,10 @@ class TrackerCollector(Collector):
                     wave_state.add_metric(
                         [rollout.rollout_id, wave.name, name], 1 if name == now_state else 0
                     )
-            _status, rows, _found, _events = self.data.funnel(rollout, now)
+            status, rows, _found, _events = self.data.funnel(rollout, now)
+            fetched.add_metric(values, status.get("bytes_fetched", 0))
+            saved.add_metric(values, status.get("bytes_saved", 0))
+            by_delta.add_metric(values, status.get("delta_downloads", 0))
             for row in rows:
                 eligible.add_metric([rollout.rollout_id, row["name"]], row["eligible"])
                 for name in _OUTCOMES:
@@ -296,6 +315,7 @@ class TrackerCollector(Collector):
             failed.add_metric(values, rows[-1]["failed"] + rows[-1]["rolled_back"])
             stalled.add_metric(values, rows[-1]["stalled"])
         yield from (state, current, count, wave_state, eligible, per_outcome, failed, stalled)
+        yield from (fetched, saved, by_delta)
         security = GaugeMetricFamily(
             "tufota_security_events",
             "Verification failures devices reported (refused tampered or invalid data)",

@@ -203,6 +203,18 @@ CREATE TABLE IF NOT EXISTS security_events (  -- v3: verification failures devic
 );
 CREATE INDEX IF NOT EXISTS security_events_by_rollout ON security_events (rollout_id, event_id);
 CREATE INDEX IF NOT EXISTS security_events_by_hardware ON security_events (hardware_id, event_id);
+CREATE TABLE IF NOT EXISTS transfers (  -- image downloads devices reported, by delta or in full
+    transfer_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    rollout_id TEXT,
+    version TEXT,
+    image_bytes INTEGER NOT NULL,       -- size of the signed image
+    fetched_bytes INTEGER NOT NULL,     -- bytes the device received for it
+    delta_from TEXT                     -- installed version a delta started from; NULL: full
+);
+CREATE INDEX IF NOT EXISTS transfers_by_rollout ON transfers (rollout_id);
+CREATE INDEX IF NOT EXISTS transfers_by_device ON transfers (device_id, transfer_id);
 """
 
 # Columns added by schema v2 to a v1 file (ALTER TABLE runs before the v2 indexes).
@@ -291,6 +303,18 @@ _INSERT_REPORT_EVENT = (
 )
 
 
+_INSERT_TRANSFER = (
+    "INSERT INTO transfers (at, device_id, rollout_id, version, image_bytes, fetched_bytes,"
+    " delta_from) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Bytes fetched, bytes saved against full downloads, and downloads made by delta.
+_TRANSFER_TOTALS = (
+    "SELECT coalesce(sum(fetched_bytes), 0) AS fetched,"
+    " coalesce(sum(max(image_bytes - fetched_bytes, 0)), 0) AS saved,"
+    " count(delta_from) AS by_delta FROM transfers WHERE rollout_id = ?"
+)
+
+
 def _apply_report(
     device: dict[str, Any] | None,
     report: Report,
@@ -301,6 +325,7 @@ def _apply_report(
     events: list[tuple[Any, ...]],
     security: list[tuple[Any, ...]] | None = None,
     skew: int | None = None,
+    transfers: list[tuple[Any, ...]] | None = None,
 ) -> ReportOutcome:
     """The rules of ``record_report`` for one report against the device's row.
 
@@ -363,6 +388,23 @@ def _apply_report(
             device_id,
         )
     )
+    if (
+        transfers is not None
+        and report.state == "downloaded"
+        and (report.bytes_fetched or report.delta_from is not None)
+    ):
+        # Agents that predate the field send 0: no figure rather than a false saving.
+        transfers.append(
+            (
+                when,
+                device_id,
+                report.rollout_id,
+                report.target_version,
+                report.bytes_total,
+                report.bytes_fetched,
+                report.delta_from,
+            )
+        )
     if report.state in _FAILED_STATES:
         if report.error_code in SECURITY_CODES and security is not None:
             security.append(
@@ -654,6 +696,7 @@ class SqliteTrackerStore(TrackerStore):
             failures: list[tuple[Any, ...]] = []
             events: list[tuple[Any, ...]] = []
             security: list[tuple[Any, ...]] = []
+            transfers: list[tuple[Any, ...]] = []
             for report in reports:
                 outcomes.append(
                     _apply_report(
@@ -666,6 +709,7 @@ class SqliteTrackerStore(TrackerStore):
                         events,
                         security,
                         _clock_skew(report, received_at),
+                        transfers,
                     )
                 )
             if updates:
@@ -676,6 +720,8 @@ class SqliteTrackerStore(TrackerStore):
                 conn.executemany(_INSERT_REPORT_EVENT, events)
             if security:
                 conn.executemany(_INSERT_SECURITY_EVENT, security)
+            if transfers:
+                conn.executemany(_INSERT_TRANSFER, transfers)
         return outcomes
 
     def device_history(self, device_id: str, limit: int | None = None) -> list[Event]:
@@ -957,7 +1003,14 @@ class SqliteTrackerStore(TrackerStore):
                     "SELECT count(*) AS n FROM security_events WHERE rollout_id = ?",
                     (rollout.rollout_id,),
                 ).fetchone()["n"]
-                return replace(counts, security_events=int(security))
+                moved = conn.execute(_TRANSFER_TOTALS, (rollout.rollout_id,)).fetchone()
+                return replace(
+                    counts,
+                    security_events=int(security),
+                    bytes_fetched=int(moved["fetched"]),
+                    bytes_saved=int(moved["saved"]),
+                    delta_downloads=int(moved["by_delta"]),
+                )
             params = {
                 "version": rollout.version,
                 "rollout_id": rollout.rollout_id,
@@ -995,6 +1048,7 @@ class SqliteTrackerStore(TrackerStore):
                 "SELECT count(*) AS n FROM security_events WHERE rollout_id = ?",
                 (rollout.rollout_id,),
             ).fetchone()["n"]
+            moved = conn.execute(_TRANSFER_TOTALS, (rollout.rollout_id,)).fetchone()
         by_wave = {r["wave"]: r for r in rows}
         waves = []
         recent = []
@@ -1041,6 +1095,9 @@ class SqliteTrackerStore(TrackerStore):
             last_failure=last_failure,
             skewed=tuple(skewed),
             security_events=int(security),
+            bytes_fetched=int(moved["fetched"]),
+            bytes_saved=int(moved["saved"]),
+            delta_downloads=int(moved["by_delta"]),
         )
 
     @staticmethod
