@@ -277,14 +277,14 @@ def report(results: dict[str, Any], names: list[str]) -> None:
             continue
         size = int(size_text)
         cells = [
-            f"{got[m]['bytes'] / size:.1%} ({got[m]['bytes'] / MiB:.2f} MiB)"
+            f"{got[m]['bytes'] / size:.2%} ({got[m]['bytes'] / MiB:.2f} MiB)"
             for m in ("zstd-19", "zstd-patch-from", "bsdiff4", f"tufota{tag}")
         ]
         print(f"| {name} | {size / MiB:.1f} MiB | " + " | ".join(cells) + " |")
         rows.append((name, got))
     print(
         "\n| pair | generation: bsdiff4 | tufota | zstd --patch-from "
-        "| apply: tufota (peak RSS, MB/s) | full download over loopback (peak RSS, MB/s) |"
+        "| apply: tufota (peak RSS, MiB/s) | full download over loopback (peak RSS, MiB/s) |"
     )
     print("|---|---|---|---|---|---|")
     for name, got in rows:
@@ -295,8 +295,8 @@ def report(results: dict[str, Any], names: list[str]) -> None:
         a, d = got[f"apply{tag}:{APPLY_KEY}"], got[f"download:{APPLY_KEY}"]
         print(
             f"| {name} | {cost('bsdiff4')} | {cost(f'tufota{tag}')} | "
-            f"{cost('zstd-patch-from')} | {a['rss_mib']:.0f} MiB, {a['mb_s']} MB/s | "
-            f"{d['rss_mib']:.0f} MiB, {d['mb_s']} MB/s |"
+            f"{cost('zstd-patch-from')} | {a['rss_mib']:.0f} MiB, {a['mb_s']} MiB/s | "
+            f"{d['rss_mib']:.0f} MiB, {d['mb_s']} MiB/s |"
         )
         print(
             f"  ({name}: the applier's process held {a['rss_base_mib']:.0f} MiB before "
