@@ -486,7 +486,13 @@ def cmd_product_add(args: argparse.Namespace) -> int:
     # Every key and signer before the first write: a refused command writes nothing.
     passphrase = passphrase_source()
     targets_signers = _targets_signers(args, passphrase)
-    product_signers = [load_signer(k, passphrase) for k in keys]
+    try:
+        product_signers = [load_signer(k, passphrase) for k in keys]
+    except NotFoundError as e:
+        raise NotFoundError(
+            f"{e}: product add signs the line's empty first role with the line's own key(s), "
+            "so that its first release can be signed from the published metadata"
+        ) from e
     described = ", ".join(short(k.keyid) for k in keys) if keys else "a NEW key"
     lines = [
         f"targets v{current.targets.signed.version + 1}: delegate firmware/{hw}/*/* "

@@ -655,3 +655,18 @@ def test_serve_warns_when_its_environment_holds_an_offline_passphrase(
     set_env(monkeypatch, dict(ONLINE_ENV))
     check_custody(site.repo, None, lab_override=False)
     assert capsys.readouterr().err == ""
+
+
+def test_product_add_needs_the_lines_own_key_to_sign_its_first_role(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generate_key(site.tmp / "team", "team passphrase")
+    (site.tmp / "team.key").rename(site.tmp / "elsewhere.key")  # only the .pub is here
+    before = tree(site.repo.path)
+    capsys.readouterr()
+    argv = ["product", "add", "cam-9", "--key", str(site.tmp / "team.pub"), "--repo", site.r]
+    assert tufota([*argv, "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "signs the line's empty first role with the line's own key(s)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert tree(site.repo.path) == before
