@@ -33,6 +33,7 @@ from repo_server._errors import EXCEPTION_HANDLERS
 from repo_server._guards import ErrorGuard, JsonGuard
 from repo_server._hosts import HostCheck
 from repo_server._ingest import ReportFastPath
+from repo_server._openapi import describe
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
     app.add_middleware(ReportFastPath, ingestor=ctx.report_ingestor)
     app.add_middleware(_metrics.ReportIngestMiddleware, ingest=_metrics.ingest_for(ctx))
     app.add_middleware(ErrorGuard)
+    describe(app)  # the OpenAPI document states the real statuses and constraints
     # Outermost: a request for a foreign Host name reaches nothing.
     app.add_middleware(
         HostCheck, names=lambda: ctx.server_names, loopback=lambda: ctx.loopback_names

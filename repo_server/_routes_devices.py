@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from repo_server import _devices
 from repo_server._context import ServerContext
 from repo_server._errors import error_responses
-from tufota_core import check_device_id
+from tufota_core import check_device_id, check_hardware_id
 
 
 class DeviceRegistration(BaseModel):
@@ -96,6 +96,8 @@ def build_router(ctx: ServerContext) -> APIRouter:
         hardware_id: str | None = None,
     ) -> dict[str, Any]:
         """Registered devices, optionally by registration status or hardware id."""
+        if hardware_id is not None:
+            check_hardware_id(hardware_id)
         devices = ctx.store.list_devices(hardware_id)
         return {
             "devices": [
