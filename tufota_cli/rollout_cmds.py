@@ -340,6 +340,11 @@ def render_status(status: RolloutStatus) -> str:
         )
     if data.get("clock_skewed"):
         lines.append(f"clock skew: {data['clock_skewed']} devices report a wrong clock")
+    if data.get("bytes_fetched"):
+        lines.append(
+            f"transfer: {data['bytes_fetched']:,} bytes fetched, {data.get('bytes_saved', 0):,} "
+            f"saved by {data.get('delta_downloads', 0)} delta download(s)"
+        )
     return "\n".join(lines)
 
 

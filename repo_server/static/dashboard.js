@@ -607,6 +607,7 @@
             fact("retries", opts.retry_failed ? `${r.retry_generation ?? 0}/${opts.retry_failed} made (backoff ${duration(opts.retry_backoff_seconds)})` : "none"),
             fact("security events", `${r.security_events ?? 0} verification failures (not counted as failures)`),
             fact("clock skew", String(r.clock_skewed ?? 0)),
+            fact("transfer", `${mib(r.bytes_fetched)} fetched, ${mib(r.bytes_saved)} saved by ${r.delta_downloads ?? 0} delta downloads`),
             fact("not targeted", String(r.not_targeted ?? 0)),
             fact("target", r.target_path),
             fact("started", utc(r.created_at)),
@@ -614,6 +615,10 @@
         h("section", { class: "card", id: "events" }, h("h2", { text: "History" }),
           table(["time", "event", "wave", "reason"], events, "events"))),
     );
+  }
+
+  function mib(bytes) {
+    return `${((bytes ?? 0) / 1048576).toFixed(1)} MiB`;
   }
 
   function fact(label, value) {

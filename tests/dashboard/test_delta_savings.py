@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import requests
+from playwright.sync_api import Page, expect
 
 from tests.dashboard.conftest import HW, Plant
+from tests.dashboard.test_browser import Console, _open, browser, page  # noqa: F401 - fixtures
 from tests.dashboard.test_metrics import scrape, value
+from tufota_cli.rollout_cmds import render_status
 
 IMAGE = 100_000_000
 
@@ -37,8 +40,31 @@ def test_rollout_status_and_metrics_count_bytes_fetched_and_saved(plant: Plant) 
         93_000_000,
         1,
     )
+    assert "transfer: 107,000,000 bytes fetched, 93,000,000 saved by 1 delta download(s)" in (
+        render_status(status)
+    )
     samples = scrape(plant)
     ids = {"rollout_id": rollout_id, "hardware_id": HW, "version": "1.2.0"}
     assert value(samples, "tufota_rollout_fetched_bytes", **ids) == 107_000_000
     assert value(samples, "tufota_rollout_saved_bytes", **ids) == 93_000_000
     assert value(samples, "tufota_rollout_delta_downloads", **ids) == 1
+
+
+def test_rollout_page_shows_the_transfer_figures(plant: Plant, page: Page) -> None:  # noqa: F811
+    plant.add_device("d-delta", tags=("canary",))
+    rollout_id = plant.start()
+    plant.report(
+        "d-delta",
+        "downloaded",
+        target_version="1.2.0",
+        rollout_id=rollout_id,
+        bytes_total=IMAGE,
+        bytes_fetched=7_340_032,
+        delta_from="1.0.0",
+    )
+    console = Console(page)
+    _open(page, f"{plant.url}/dashboard#/rollouts/{rollout_id}", plant.token("viewer"))
+    expect(page.locator("#gates")).to_contain_text(
+        "7.0 MiB fetched, 88.4 MiB saved by 1 delta downloads"
+    )
+    assert console.errors == []
