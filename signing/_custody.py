@@ -11,7 +11,7 @@ Three homes (docs/decisions/0008-key-custody-layout.md):
 
 Invariants: ``default_signing_dir`` is never inside the repository directory;
 ``private_key_files`` reads at most ``_HEAD`` bytes of each file and never
-follows a symbolic link out of the tree it scans; ``offline_key_findings``
+scans a directory twice (links are followed); ``offline_key_findings``
 names every private key file in a server's tree that is not one of the
 server's own online keys.
 """
@@ -55,20 +55,23 @@ def is_inside(path: Path, directory: Path) -> bool:
 def private_key_files(directory: Path) -> Iterator[Path]:
     """Every regular file under ``directory`` that starts like a PEM private key.
 
-    Symbolic links are not followed (a link to a key is reported as the link).
+    Symbolic links are followed (each real directory once), and a file found
+    through a link is reported under the link's path.
     """
-    for dirpath, _dirnames, filenames in os.walk(directory):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         for name in filenames:
             path = Path(dirpath) / name
             try:
-                if path.is_symlink():
-                    target = path.resolve()
-                    if not target.is_file():
-                        continue
-                    head = target.read_bytes()[:_HEAD] if target.stat().st_size < 1 << 20 else b""
-                else:
-                    with path.open("rb") as f:
-                        head = f.read(_HEAD)
+                if not path.is_file():  # follows a link; skips sockets, fifos, dangling links
+                    continue
+                with path.open("rb") as f:
+                    head = f.read(_HEAD)
             except OSError:
                 continue
             if head.startswith(b"-----BEGIN") and _PEM_MARK in head:

@@ -670,3 +670,13 @@ def test_product_add_needs_the_lines_own_key_to_sign_its_first_role(
     assert "signs the line's empty first role with the line's own key(s)" in err
     assert len(err.strip().splitlines()) == 1
     assert tree(site.repo.path) == before
+
+
+def test_serve_finds_offline_keys_behind_a_symbolic_link(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_env(monkeypatch, dict(ONLINE_ENV))
+    (site.repo.path / "offline").symlink_to(site.signing, target_is_directory=True)
+    (site.repo.path / "loop").symlink_to(site.repo.path, target_is_directory=True)
+    with pytest.raises(TufotaError, match=r"offline/release-gw-100\.key is the private key of "):
+        check_custody(site.repo, None, lab_override=False)
