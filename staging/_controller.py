@@ -638,10 +638,12 @@ class RolloutController:
         """``rollout_diverged`` when a published document is not what the tracker would publish."""
         if self._published is None:
             return
-        published = self._published()
         newest: dict[str, RolloutRecord] = {}
         for record in self._store.list_rollouts():  # newest first
             newest.setdefault(record.hardware_id, record)
+        # Read after the tracker: a change another process makes meanwhile shows
+        # up as a new revision below, not as a divergence.
+        published = self._published()
         drafts = []
         for hw in sorted(set(newest) | set(published)):
             rollout = newest.get(hw)
@@ -652,6 +654,13 @@ class RolloutController:
             differences = _doc_differences(expected, found)
             if not differences:
                 continue
+            now_newest = self._store.list_rollouts(hw)
+            if (rollout is None) != (not now_newest) or (
+                rollout is not None
+                and (now_newest[0].rollout_id, now_newest[0].revision)
+                != (rollout.rollout_id, rollout.revision)
+            ):
+                continue  # changed (and maybe published) while we read: judge next tick
             drafts.append(
                 AlertDraft(
                     key=f"{_DIVERGED}{hw}",
