@@ -174,3 +174,20 @@ def test_delta_signed_by_the_wrong_key_is_never_applied(env: Env, tmp_path: Path
     assert env.server.downloads_of(DELTA) == 0
     assert env.server.downloads_of(FULL) == 0
     assert env.boot_control()["pending"] is None
+
+
+def test_a_cut_delta_download_resumes_where_it_stopped(env: Env, tmp_path: Path) -> None:
+    old, new = _images(tmp_path)
+    delta = _publish(env, tmp_path, old, new)
+    assert len(delta) > 600
+    env.server.cuts[".tfdelta"] = 300
+
+    first = env.agent().run_once()
+    if first.action != ACTION_REBOOTING:  # the cut ended the cycle: the next one resumes
+        assert env.agent().run_once().action == ACTION_REBOOTING
+
+    assert _slot_b(env) == new
+    assert env.server.downloads_of(FULL) == 0
+    assert "bytes=300-" in env.server.ranges
+    assert _downloaded(env).delta_from == FACTORY
+    assert sum(n for p, n in env.server.bytes_sent.items() if p.endswith(".tfdelta")) == len(delta)
