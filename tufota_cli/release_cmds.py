@@ -27,7 +27,7 @@ from typing import Any
 import requests
 from tuf.api.metadata import Metadata, Targets
 
-from repo_server import add_release_locally
+from repo_server import Repository, add_release_locally
 from signing import (
     DeltaRelease,
     add_deltas,
@@ -61,6 +61,7 @@ from tufota_core import (
     Version,
     check_hardware_id,
     format_time,
+    is_delta_custom,
     product_role,
     utcnow,
 )
@@ -106,6 +107,24 @@ def _delta_sources(specs: list[str], need_file: bool) -> list[tuple[str, Path | 
     return sources
 
 
+def _latest(
+    repo: Repository, info: FirmwareInfo, count: int, given: list[tuple[str, Path | None]]
+) -> list[str]:
+    """The ``count`` newest published releases of the product line, not already ``given``."""
+    if count < 0:
+        raise InputError(f"--delta-latest {count}: give a number of releases >= 0")
+    if not count:
+        return []
+    role = repo.state().roles.get(product_role(info.hardware_id))
+    versions = {
+        str(t.custom["version"])
+        for t in (role.signed.targets.values() if role is not None else ())
+        if isinstance(t.custom, dict) and "version" in t.custom and not is_delta_custom(t.custom)
+    }
+    newest = sorted(versions, key=Version.parse)[-count:]
+    return [v for v in newest if all(v != g for g, _ in given)]
+
+
 def _print_deltas(deltas: Sequence[DeltaRelease], length: int) -> None:
     for d in deltas:
         s = d.stats
@@ -131,6 +150,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--signing-dir",
         default=None,
         help="the signing directory with the product line's keys (default: REPO-signing)",
+    )
+    p.add_argument(
+        "--delta-latest",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also publish deltas from the N latest published releases (images from REPO)",
     )
     p.set_defaults(func=cmd_add)
 
@@ -192,6 +218,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         notes=args.notes,
     )
     sources = _delta_sources(args.delta_from, need_file=False)
+    sources += [(v, None) for v in _latest(repo, info, args.delta_latest, sources)]
     result = add_release_locally(repo, firmware, info, passphrase_source(), sources)
     if result.new_product_line:
         print(

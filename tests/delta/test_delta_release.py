@@ -159,3 +159,27 @@ def test_publisher_refuses_a_delta_from_bytes_never_published(
     with pytest.raises(InputError, match=r"source 1\.0\.0 is not a published release"):
         repo.publisher(ask).publish({ROLE: product}, blobs)
     assert not _deltas(repo)
+
+
+def test_release_add_makes_deltas_from_the_latest_releases(
+    repo: Repository,
+    images: tuple[Path, Path],
+    tmp_path: Path,
+    passphrase_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    old, new = images
+    middle = tmp_path / "v15" / "fw.tar"
+    middle.parent.mkdir()
+    middle.write_bytes(old.read_bytes()[:-512] + new.read_bytes()[-512:])
+    base = ["release", "add", "--repo", str(repo.path), "--hardware", HW]
+    assert main([*base, str(old), "--version", "1.0.0"]) == 0
+    assert main([*base, str(middle), "--version", "1.5.0"]) == 0
+    assert main([*base, str(new), "--version", "2.0.0", "--delta-latest", "3",
+                 "--delta-from", "1.5.0"]) == 0  # fmt: skip
+    assert {i.source_version for i in _deltas(repo).values()} == {"1.0.0", "1.5.0"}
+    for path, info in _deltas(repo).items():
+        source = old if info.source_version == "1.0.0" else middle
+        assert _rebuild(repo, path, source, tmp_path / "slot-b.img") == new.read_bytes()
+    assert main([*base, str(new), "--version", "3.0.0", "--delta-latest", "-1"]) == 1
+    assert "--delta-latest -1" in capsys.readouterr().err
