@@ -187,7 +187,9 @@ def test_documented_session_runs(name: str, blocks: list[Block], tmp_path: Path)
     # Background jobs (servers, agents) end with the script, whatever happens.
     wrapped = (
         "set -euo pipefail\n"
-        "trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT\n" + script + "\n"
+        "trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT\n"
+        + script
+        + "\n"
     )
     bash = shutil.which("bash")
     assert bash
