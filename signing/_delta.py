@@ -32,6 +32,8 @@ import importlib
 import lzma
 import os
 import re
+import resource
+import sys
 import tarfile
 import tempfile
 import time
@@ -109,6 +111,7 @@ class DeltaStats:
     source_sha256: str = ""
     result_sha256: str = ""
     sections: dict[str, int] = field(default_factory=dict)
+    peak_rss_mib: float = 0.0  # of the whole process so far: an upper bound for this delta
 
     @property
     def ratio(self) -> float:
@@ -439,7 +442,13 @@ def make_delta(
         os.replace(part, out)
     stats.delta_length = out.stat().st_size
     stats.seconds = time.monotonic() - started
+    stats.peak_rss_mib = _peak_rss_mib()
     return stats
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes there, KiB here
 
 
 @dataclass(frozen=True)

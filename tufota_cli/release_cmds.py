@@ -134,7 +134,7 @@ def _print_deltas(deltas: Sequence[DeltaRelease], length: int) -> None:
         else:
             print(
                 f"  delta from {d.source_version}: {d.target.path}, {size}, "
-                f"made in {s.seconds:.1f} s"
+                f"made in {s.seconds:.1f} s (process peak memory {s.peak_rss_mib:.0f} MiB)"
             )
 
 

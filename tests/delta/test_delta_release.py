@@ -78,6 +78,7 @@ def test_release_add_publishes_a_signed_delta_that_rebuilds_the_image(
     assert main([*base, str(new), "--version", "2.0.0", "--delta-from", "1.0.0"]) == 0
     out = capsys.readouterr().out
     assert "delta from 1.0.0: firmware/gw-100/2.0.0/fw.tar.from-1.0.0.tfdelta" in out
+    assert "process peak memory" in out  # generation reports its cost
     [(path, info)] = _deltas(repo).items()
     assert path == "firmware/gw-100/2.0.0/fw.tar.from-1.0.0.tfdelta"
     assert (info.source_version, info.result_target) == ("1.0.0", "firmware/gw-100/2.0.0/fw.tar")
