@@ -30,7 +30,7 @@ from typing import Any
 
 from staging._config import MAX_DURATION_SECONDS
 from staging._egress import check_literal_host
-from tufota_core import InputError, format_time
+from tufota_core import InputError, format_time, safe_text
 
 SEVERITIES = ("info", "warning", "critical")
 ALERT_KINDS = (
@@ -59,6 +59,19 @@ STALL_KINDS = ("never_checked_in", "download_stalled", "reboot_overdue", "silent
 NOTIFICATION_PHASES = ("opened", "resolved")
 
 
+MAX_SUMMARY = 1000  # characters of an alert summary; longer text is cut with "..."
+
+
+def _safe_details(value: Any) -> Any:
+    if isinstance(value, str):
+        return safe_text(value, limit=MAX_SUMMARY)
+    if isinstance(value, Mapping):
+        return {safe_text(str(k)): _safe_details(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe_details(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class AlertDraft:
     """An alert a monitor wants open: everything but its id and times."""
@@ -79,6 +92,10 @@ class AlertDraft:
             raise InputError(f"alert severity {self.severity!r} is not one of {SEVERITIES}")
         if not self.key or len(self.key) > 512:
             raise InputError("an alert key is 1-512 characters")
+        # Summaries and details quote device-supplied text (error messages,
+        # versions): neutralise it once here, so every sink and view gets it safe.
+        object.__setattr__(self, "summary", safe_text(self.summary, limit=MAX_SUMMARY))
+        object.__setattr__(self, "details", _safe_details(self.details))
 
 
 @dataclass(frozen=True)

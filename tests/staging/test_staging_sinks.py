@@ -238,3 +238,18 @@ def test_sns_sink_publishes_to_a_topic_on_moto(monkeypatch: pytest.MonkeyPatch) 
             gone.send(NOTE)
     finally:
         server.stop()
+
+
+def test_alert_text_from_devices_reaches_sinks_with_controls_made_visible() -> None:
+    from staging._alerts import AlertDraft
+
+    draft = AlertDraft(
+        key="device:dev-1:failed",
+        kind="download_stalled",
+        severity="warning",
+        summary="dev-1 failed: \u202eevil\x1b[2J",
+        details={"error_message": "boot \u2066x\u2069", "nested": ["\u200bz"]},
+    )
+    assert draft.summary == "dev-1 failed: \\u{202E}evil\\u{001B}[2J"
+    assert draft.details["error_message"] == "boot \\u{2066}x\\u{2069}"
+    assert draft.details["nested"] == ["\\u{200B}z"]
