@@ -224,7 +224,12 @@ class Publisher:
         self.expiry = expiry or Expiry()
         self._clock = clock
         self._step_hook = step_hook
-        self.forged_targets: tuple[str, ...] = ()  # the last forged rollouts entries dropped
+        self.forged_targets: tuple[str, ...] = ()  # forged rollouts entries dropped, not yet taken
+
+    def take_forged_targets(self) -> tuple[str, ...]:
+        """The forged entries dropped since the last call (for the watchdog's alert)."""
+        taken, self.forged_targets = self.forged_targets, ()
+        return taken
 
     def _drop_forged(self, rollouts: Metadata[Targets]) -> None:
         """Remove every target of the online role that the server could not have written."""
@@ -232,7 +237,7 @@ class Publisher:
         for path in forged:
             del rollouts.signed.targets[path]
         if forged:
-            self.forged_targets = tuple(forged)
+            self.forged_targets = tuple(sorted({*self.forged_targets, *forged}))
             shown = ", ".join(repr(safe_text(p, 80)) for p in forged[:5])
             more = f" and {len(forged) - 5} more" if len(forged) > 5 else ""
             logger.error(

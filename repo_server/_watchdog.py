@@ -16,20 +16,34 @@ from __future__ import annotations
 
 from tuf.api.exceptions import LengthOrHashMismatchError
 
-from repo_server._publisher import load_state, target_storage_key
+from repo_server._publisher import _is_rollout_doc_path, load_state, target_storage_key
 from repo_server._storage import Storage
 from signing import verify_delegate
-from tufota_core import ROLLOUTS_ROLE, RolloutDoc, TufotaError
+from tufota_core import ROLLOUTS_ROLE, RolloutDoc, TufotaError, safe_text
 
 _PREFIX = "rollouts/"
 _SUFFIX = ".json"
 
 
-def published_rollouts(storage: Storage) -> dict[str, RolloutDoc | str]:
+FORGED = "*"  # the key of out-of-namespace entries: never a hardware id
+
+
+def published_rollouts(
+    storage: Storage, dropped: tuple[str, ...] = ()
+) -> dict[str, RolloutDoc | str]:
     """Every published ``rollouts/<hardware_id>.json``, verified as a device would.
 
+    Args:
+        storage: the repository.
+        dropped: out-of-namespace entries the publisher already removed on
+            re-signing (``Publisher.take_forged_targets``); reported with any
+            still published.
+
     Returns:
-        hardware id -> the document, or a one-line reason it does not verify.
+        hardware id -> the document, or a one-line reason it does not verify;
+        under ``FORGED``, the targets of the role outside ``rollouts/*.json``,
+        which only a stolen online key can have signed (devices ignore them:
+        the delegation is terminating and limited to ``rollouts/*``).
 
     Raises:
         RepositoryError: the repository cannot be read.
@@ -41,8 +55,10 @@ def published_rollouts(storage: Storage) -> dict[str, RolloutDoc | str]:
         return {}
     verify_delegate(state.targets, ROLLOUTS_ROLE, role)
     found: dict[str, RolloutDoc | str] = {}
+    forged = set(dropped)
     for path, target in role.signed.targets.items():
-        if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        if not _is_rollout_doc_path(path):
+            forged.add(path)
             continue
         hardware_id = path[len(_PREFIX) : -len(_SUFFIX)]
         try:
@@ -53,4 +69,8 @@ def published_rollouts(storage: Storage) -> dict[str, RolloutDoc | str]:
             found[hardware_id] = f"{path} does not match its signed hashes: {e}"
         except TufotaError as e:
             found[hardware_id] = f"{path} cannot be read: {e}"
+    if forged:
+        shown = ", ".join(repr(safe_text(p, 80)) for p in sorted(forged)[:5])
+        more = f" and {len(forged) - 5} more" if len(forged) > 5 else ""
+        found[FORGED] = f"the {ROLLOUTS_ROLE} role signed targets outside rollouts/: {shown}{more}"
     return found

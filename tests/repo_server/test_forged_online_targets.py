@@ -12,6 +12,7 @@ from tuf.api.metadata import MetaFile, TargetFile
 
 from repo_server import Repository, load_state, verify_repository
 from repo_server._publisher import metadata_key
+from repo_server._watchdog import published_rollouts
 from staging import RolloutController, RolloutOptions, SqliteTrackerStore
 from tests.conftest import ask
 from tufota_core import ROLLOUTS_ROLE, parse_wave_spec
@@ -78,3 +79,28 @@ def test_the_online_refresh_never_re_signs_forged_targets(released_repo: Reposit
     assert ROLLOUTS_ROLE in publisher.refresh_online()  # at once, not when the role is due
     role = load_state(released_repo.storage).roles[ROLLOUTS_ROLE]
     assert not set(FORGED) & set(role.signed.targets)
+
+
+@pytest.mark.parametrize("refresh_first", [False, True], ids=["still-published", "dropped"])
+def test_forged_targets_raise_one_critical_divergence_alert(
+    released_repo: Repository, refresh_first: bool
+) -> None:
+    publisher = released_repo.publisher(ask)
+    store = SqliteTrackerStore(released_repo.tracker_path)
+    controller = RolloutController(store, publisher)
+    controller.attach_repository(
+        published=lambda: published_rollouts(publisher.storage, publisher.take_forged_targets())
+    )
+    controller.tick()
+    assert not store.list_alerts(open_only=True, kinds=["rollout_diverged"])
+    _forge(released_repo)
+    if refresh_first:  # the online-role refresh drops them before the watchdog looks
+        publisher.refresh_online()
+    controller.tick()
+    controller.tick()
+    alerts = store.list_alerts(open_only=True, kinds=["rollout_diverged"])
+    assert len(alerts) == 1
+    assert alerts[0].severity == "critical"
+    assert "evil.bin" in alerts[0].summary
+    assert "online key compromise" in alerts[0].summary
+    store.close()
