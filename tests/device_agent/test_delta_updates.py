@@ -6,7 +6,9 @@ slot files, deltas made by ``signing._delta.make_delta``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +193,15 @@ def test_a_cut_delta_download_resumes_where_it_stopped(env: Env, tmp_path: Path)
     assert "bytes=300-" in env.server.ranges
     assert _downloaded(env).delta_from == FACTORY
     assert sum(n for p, n in env.server.bytes_sent.items() if p.endswith(".tfdelta")) == len(delta)
+
+
+def test_a_delta_fits_a_data_budget_the_full_image_would_exceed(env: Env, tmp_path: Path) -> None:
+    old, new = _images(tmp_path)
+    delta = _publish(env, tmp_path, old, new)
+    env.config = dataclasses.replace(env.config, data_budget=len(new) // 2)
+
+    assert env.agent().run_once().action == ACTION_REBOOTING
+
+    assert _slot_b(env) == new
+    budget = json.loads((env.config.state_dir / "budget.json").read_text())
+    assert budget["used"] == len(delta)  # the delta is charged to the budget, nothing else
