@@ -734,6 +734,27 @@ class SqliteTrackerStore(TrackerStore):
             ).fetchall()
         return [self._event_from_row(r) for r in rows]
 
+    def device_transfers(self, device_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._tx(write=False) as conn:
+            self._device(conn, device_id)
+            rows = conn.execute(
+                "SELECT * FROM (SELECT * FROM transfers WHERE device_id = ?"
+                " ORDER BY transfer_id DESC LIMIT ?) ORDER BY transfer_id",
+                (device_id, self._limit(limit)),
+            ).fetchall()
+        return [
+            {
+                "at": r["at"],
+                "rollout_id": r["rollout_id"],
+                "version": r["version"],
+                "image_bytes": r["image_bytes"],
+                "fetched_bytes": r["fetched_bytes"],
+                "saved_bytes": max(r["image_bytes"] - r["fetched_bytes"], 0),
+                "delta_from": r["delta_from"],
+            }
+            for r in rows
+        ]
+
     # -- rollouts --------------------------------------------------------------
 
     def create_rollout(

@@ -171,6 +171,14 @@ class TrackerStore(ABC):
             NotFoundError: no such device.
         """
 
+    def device_transfers(self, device_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """A device's reported image downloads, oldest first: ``at``, ``rollout_id``,
+        ``version``, ``image_bytes``, ``fetched_bytes``, ``saved_bytes``, ``delta_from``.
+
+        A store that does not keep them returns none.
+        """
+        return []
+
     # -- rollouts --------------------------------------------------------------
 
     @abstractmethod

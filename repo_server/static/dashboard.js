@@ -617,6 +617,15 @@
     );
   }
 
+  function transferText(transfers) {
+    if (!transfers.length) return "–";
+    const fetched = transfers.reduce((n, t) => n + t.fetched_bytes, 0);
+    const saved = transfers.reduce((n, t) => n + t.saved_bytes, 0);
+    const last = transfers[transfers.length - 1];
+    const how = last.delta_from ? `delta from ${last.delta_from}` : "full image";
+    return `${mib(fetched)} fetched, ${mib(saved)} saved (last: ${last.version || "?"} by ${how})`;
+  }
+
   function mib(bytes) {
     return `${((bytes ?? 0) / 1048576).toFixed(1)} MiB`;
   }
@@ -647,7 +656,8 @@
           fact("working towards", d.target_version || "–"),
           fact("last seen", utc(d.last_seen)),
           fact("last error", d.error_code ? `${d.error_code}: ${d.error_message}` : d.failed_code ? `${d.failed_code}: ${d.failed_message}` : "–"),
-          fact("last failure", d.failed_state ? `${d.failed_state} ${d.failed_version || ""} at ${utc(d.failed_at)}${d.failed_code ? ` (${d.failed_code}: ${d.failed_message})` : ""}` : "–"))),
+          fact("last failure", d.failed_state ? `${d.failed_state} ${d.failed_version || ""} at ${utc(d.failed_at)}${d.failed_code ? ` (${d.failed_code}: ${d.failed_message})` : ""}` : "–"),
+          fact("downloads", transferText(data.transfers || [])))),
       h("section", { class: "card", id: "reports" },
         h("h2", { text: "Report history (newest first)" }),
         rows.length ? table(["time", "event", "state", "version", "rollout", "#seq", "reason"], rows, "events") : h("p", { class: "muted", text: "No reports yet." })),

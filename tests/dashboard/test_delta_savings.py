@@ -43,6 +43,18 @@ def test_rollout_status_and_metrics_count_bytes_fetched_and_saved(plant: Plant) 
     assert "transfer: 107,000,000 bytes fetched, 93,000,000 saved by 1 delta download(s)" in (
         render_status(status)
     )
+    device = requests.get(f"{plant.url}/api/v1/devices/d-delta", headers=plant.auth(), timeout=10)
+    assert device.status_code == 200, device.text
+    [transfer] = device.json()["transfers"]
+    assert (transfer["fetched_bytes"], transfer["saved_bytes"], transfer["delta_from"]) == (
+        7_000_000,
+        93_000_000,
+        "1.0.0",
+    )
+    old_agent = requests.get(
+        f"{plant.url}/api/v1/devices/d-old-agent", headers=plant.auth(), timeout=10
+    )
+    assert old_agent.json()["transfers"] == []
     samples = scrape(plant)
     ids = {"rollout_id": rollout_id, "hardware_id": HW, "version": "1.2.0"}
     assert value(samples, "tufota_rollout_fetched_bytes", **ids) == 107_000_000
@@ -66,5 +78,9 @@ def test_rollout_page_shows_the_transfer_figures(plant: Plant, page: Page) -> No
     _open(page, f"{plant.url}/dashboard#/rollouts/{rollout_id}", plant.token("viewer"))
     expect(page.locator("#gates")).to_contain_text(
         "7.0 MiB fetched, 88.4 MiB saved by 1 delta downloads"
+    )
+    page.goto(f"{plant.url}/dashboard#/devices/d-delta")
+    expect(page.locator("#device")).to_contain_text(
+        "7.0 MiB fetched, 88.4 MiB saved (last: 1.2.0 by delta from 1.0.0)"
     )
     assert console.errors == []
