@@ -4,7 +4,10 @@ Layout of ``REPO/`` (the server's state: everything ``tufota serve`` may read)::
 
     tufota.json     configuration (key file names, server URL, storage)
     keys/           the ONLINE keys only: online.key/.pub (snapshot, timestamp),
-                    rollouts.key/.pub; each encrypted with its own passphrase
+                    rollouts.key/.pub; each encrypted with its own passphrase.
+                    A rotated key comes in under its own name (tufota.json
+                    names the keys in use); the replaced private key is
+                    removed (docs/signing.md, "When an online key is stolen")
     public/         the served tree: metadata/ and targets/ (the local Storage)
     tracker.db      the rollout tracker (SQLite)
     tokens.json     operators' API tokens (SHA-256 hashes only)
@@ -146,6 +149,29 @@ def make_storage(path: Path, config: RepoConfig, limits: ServerLimits | None = N
         kms_key_id=config.s3_kms_key_id or None,
         limits=limits,
     )
+
+
+def _private_key_file(key: KeyFile) -> Path | None:
+    """The private key file of an ``encfile:`` key (None for KMS or HSM keys)."""
+    scheme, _, rest = key.uri.partition(":")
+    if scheme != "encfile":
+        return None
+    return Path(rest) if rest.startswith("/") else key.path.parent / rest
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` through a temporary file and a rename: never a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _absolute_uri(key: KeyFile) -> str:
@@ -382,6 +408,83 @@ class Repository:
             f"key {name} is in neither {self.keys_dir} nor the signing directory "
             f"{self.signing_dir} (give --signing-dir?)"
         )
+
+    def check_new_online_key(self, key: KeyFile) -> Path:
+        """Where ``key`` would go in ``REPO/keys`` (``<stem>.pub``), refusing every clash.
+
+        The key keeps its file name so the server's passphrase variable
+        (``TUFOTA_PASSPHRASE_<STEM>``) follows it. Writes nothing.
+
+        Raises:
+            InputError: the name is the current online or rollouts key's (the
+                stolen key's files are kept, not overwritten), or another key
+                of that name is already in ``REPO/keys``.
+            NotFoundError: an ``encfile:`` key whose private key file is missing.
+        """
+        name = key.path.stem
+        if name in (self.config.online_key, self.config.rollouts_key):
+            raise InputError(
+                f"{key.path.name}: {name} is the name of a key this repository uses now; "
+                f"give the new key another name (e.g. {name}-2) so the old files stay apart"
+            )
+        pub = self.keys_dir / f"{name}.pub"
+        if pub.exists():
+            there = load_public_key(pub)
+            if there.keyid != key.keyid:
+                raise InputError(f"{pub} already holds another key ({there.keyid[:12]})")
+        private = _private_key_file(key)
+        if private is not None and not private.is_file():
+            raise NotFoundError(f"private key file {private} does not exist")
+        return pub
+
+    def install_online_key(self, key: KeyFile) -> list[Path]:
+        """Copy ``key`` into ``REPO/keys`` (``.pub``, and ``.key`` for an ``encfile:`` key).
+
+        A KMS or HSM key gets only its ``.pub`` (the signer URI). Files already
+        there with the same key are kept, so a re-run after a crash completes.
+        Call ``check_new_online_key`` first.
+
+        Returns:
+            The files this call created (to remove when the publish after it fails).
+        """
+        pub = self.check_new_online_key(key)
+        created = []
+        private = _private_key_file(key)
+        uri = key.uri
+        if private is not None:
+            dest = pub.with_suffix(".key")
+            uri = f"encfile:{dest.name}"
+            if not dest.exists():
+                _atomic_write(dest, private.read_bytes(), 0o600)
+                created.append(dest)
+        if not pub.exists():
+            write_public_key(pub, key.key, uri)
+            created.append(pub)
+        return created
+
+    def switch_online_key(self, role: str, name: str) -> Path | None:
+        """Point ``online_key`` or ``rollouts_key`` of ``tufota.json`` at ``REPO/keys/<name>``.
+
+        One atomic rename: readers see the old configuration or the new one.
+        Then the replaced key's private file leaves ``REPO/keys``: its
+        signatures no longer count, and ``serve`` refuses to start beside a
+        private key that is not one of its online keys. Its ``.pub`` stays.
+
+        Returns:
+            The retired private key file that was removed, if there was one.
+        """
+        if role not in ("online_key", "rollouts_key"):
+            raise InputError(f"{role} is not an online key of the configuration")
+        old = getattr(self.config, role)
+        config = RepoConfig(**{**asdict(self.config), role: name})
+        data = (json.dumps(asdict(config), indent=1) + "\n").encode()
+        _atomic_write(self.path / CONFIG_FILE, data, 0o644)
+        self.config = config
+        retired = self.keys_dir / f"{old}.key"
+        if old == name or old in (config.online_key, config.rollouts_key) or not retired.exists():
+            return None
+        retired.unlink()
+        return retired
 
     def signing_keys(self) -> list[KeyFile]:
         """Every public key file of the signing directory (an empty list when it is absent)."""

@@ -1,4 +1,4 @@
-"""``tufota key|root|product|expiry``: keys, the root ceremony, product lines, expiry.
+"""``tufota key|root|rollouts|product|expiry``: keys, root, online key rotation, product lines.
 
 Where current metadata comes from (every command that changes metadata):
 
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Key, Signer
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 
-from repo_server import Repository
+from repo_server import OnlineSigners, Publisher, Repository
 from signing import (
     KEY_TYPES,
     CurrentMetadata,
@@ -57,13 +57,16 @@ from signing import (
 from tufota_cli._common import open_repo, passphrase_source, print_json, table
 from tufota_cli.rollout_cmds import parse_duration
 from tufota_core import (
+    ROLLOUTS_ROLE,
     ConflictError,
     InputError,
     NotFoundError,
+    RepositoryError,
     VerificationError,
     check_hardware_id,
     format_time,
     product_role,
+    rollout_target_path,
     utcnow,
 )
 
@@ -363,15 +366,22 @@ def cmd_root_publish(args: argparse.Namespace) -> int:
     proposal = RootProposal.load(Path(args.proposal))
     if bool(args.repo) == bool(args.out):
         raise InputError("give --repo REPO (publish) or --out BUNDLE (for upload)")
+    if args.online_key and not args.repo:
+        raise InputError("--online-key installs the key in the server's state: give --repo REPO")
     if args.repo:
         repo = open_repo(args.repo)
         current = repo.state().root
+        if args.online_key and proposal.root.to_bytes() == current.to_bytes():
+            # Published by an earlier run that stopped before switching the key: finish it.
+            return _publish_with_online_key(repo, current, Path(args.online_key))
         if proposal.previous is not None and proposal.previous.to_bytes() != current.to_bytes():
             raise ConflictError(
                 f"the proposal replaces a different root than the repository's v"
                 f"{current.signed.version}"
             )
         root = finished_root(RootProposal(proposal.root, current), utcnow())
+        if args.online_key:
+            return _publish_with_online_key(repo, root, Path(args.online_key))
         _check_online_key(repo, root)
         if repo.publisher(passphrase_source()).publish_root(root):
             print(f"published root v{root.signed.version}; devices follow it on their next poll")
@@ -391,8 +401,145 @@ def _check_online_key(repo: Repository, root: Metadata[Root]) -> None:
         if online not in root.signed.roles[role].keyids:
             raise ConflictError(
                 f"the new root does not list this repository's online key {short(online)} for "
-                f"{role}; the server could not sign {role} any more"
+                f"{role}; the server could not sign {role} any more (to rotate it, pass the "
+                "new key the root lists: --online-key NEW.pub)"
             )
+
+
+def _proven_signer(key: KeyFile, passphrase: Callable[[], str]) -> Signer:
+    """``key``'s signer, proven to make signatures that ``key`` verifies (nothing written)."""
+    signer = load_signer(key, passphrase)
+    sign_checked(Metadata(Timestamp()), signer, key.key)
+    return signer
+
+
+def _install_and_publish(
+    repo: Repository, key: KeyFile, role: str, publish: Callable[[], bool]
+) -> bool:
+    """Copy ``key`` into the server's state, ``publish``, then switch ``tufota.json``.
+
+    The publisher verifies everything before its first write and writes
+    nothing when it refuses; the key files this call copied are then removed,
+    so a refusal changes nothing. A crash after the publish and before the
+    configuration switch is completed by running the same command again.
+    """
+    created = repo.install_online_key(key)
+    try:
+        published = publish()
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    retired = repo.switch_online_key(role, key.path.stem)
+    print(f"the server now signs with {repo.keys_dir / key.path.stem} ({role} in tufota.json)")
+    if retired is not None:
+        print(f"removed the replaced private key {retired}")
+    return published
+
+
+def _publish_with_online_key(repo: Repository, root: Metadata[Root], path: Path) -> int:
+    """``root publish --online-key``: rotate the snapshot/timestamp key through root.
+
+    Every check before the first write: the root lists the new key for both
+    roles, the key's name fits the server's state, its signer loads (its own
+    passphrase) and signs, and the rollouts key still loads.
+    """
+    key = resolve_key_file(path)
+    for role in ("snapshot", "timestamp"):
+        if key.keyid not in root.signed.roles[role].keyids:
+            raise ConflictError(
+                f"root v{root.signed.version} does not list {path} ({short(key.keyid)}) for "
+                f"{role}; rotate to it first (tufota root rotate --online-key {path} ...)"
+            )
+    repo.check_new_online_key(key)
+    passphrase = passphrase_source()
+    signers = OnlineSigners(
+        snapshot_timestamp=_proven_signer(key, passphrase),
+        rollouts=load_signer(repo.key(repo.config.rollouts_key), passphrase),
+    )
+    publisher = Publisher(repo.storage, lambda: signers, repo.expiry)
+    if _install_and_publish(repo, key, "online_key", lambda: publisher.publish_root(root)):
+        print(
+            f"published root v{root.signed.version} with snapshot and timestamp signed by the new "
+            f"online key {short(key.keyid)}; devices follow it on their next poll"
+        )
+    else:
+        print(f"root v{root.signed.version} was already published")
+    return 0
+
+
+# -- rollouts ---------------------------------------------------------------------------
+
+
+def _server_documents(rollouts: Metadata[Targets]) -> list[str]:
+    """Drop every target of the online role the server could not have written; name them."""
+    dropped = []
+    for path in list(rollouts.signed.targets):
+        hw = path.removeprefix("rollouts/").removesuffix(".json")
+        try:
+            ours = rollout_target_path(hw) == path
+        except InputError:
+            ours = False
+        if not ours:
+            del rollouts.signed.targets[path]
+            dropped.append(path)
+    return dropped
+
+
+def cmd_rollouts_rotate(args: argparse.Namespace) -> int:
+    repo = open_repo(args.repo, args.signing_dir)
+    state = repo.state()
+    key = resolve_key_file(Path(args.key))
+    delegations = state.targets.signed.delegations
+    if delegations is None or delegations.roles is None or ROLLOUTS_ROLE not in delegations.roles:
+        raise RepositoryError(f"targets v{state.targets.signed.version} delegates no rollouts role")
+    old_ids = list(delegations.roles[ROLLOUTS_ROLE].keyids)
+    if key.keyid in old_ids:
+        raise InputError(f"{args.key} ({short(key.keyid)}) already signs the rollouts role")
+    current_rollouts = state.roles.get(ROLLOUTS_ROLE)
+    if current_rollouts is None:
+        raise RepositoryError("the repository publishes no rollouts role")
+    repo.check_new_online_key(key)
+    now = utcnow()
+    # Every key and signer before the first write: a refused command writes nothing.
+    passphrase = passphrase_source()
+    targets_signers = _targets_signers(args, passphrase)
+    signers = OnlineSigners(
+        snapshot_timestamp=load_signer(repo.key(repo.config.online_key), passphrase),
+        rollouts=_proven_signer(key, passphrase),
+    )
+    targets = Metadata[Targets].from_bytes(state.targets.to_bytes())
+    targets.signed.add_key(key.key, ROLLOUTS_ROLE)
+    for keyid in old_ids:
+        targets.signed.revoke_key(keyid, ROLLOUTS_ROLE)
+    targets.signed.version += 1
+    targets.signed.expires = now + expiry_with(args.expires, "targets").targets
+    targets.signatures.clear()
+    rollouts = Metadata[Targets].from_bytes(current_rollouts.to_bytes())
+    dropped = _server_documents(rollouts)
+    rollouts.signed.version += 1
+    rollouts.signed.expires = now + repo.expiry.rollouts
+    rollouts.signatures.clear()
+    lines = [
+        f"targets v{targets.signed.version}: delegate rollouts/* to {short(key.keyid)} "
+        f"instead of {', '.join(short(k) for k in old_ids)}",
+        f"rollouts v{rollouts.signed.version}: its {len(rollouts.signed.targets)} document(s) "
+        "re-signed with the new key",
+    ]
+    if dropped:
+        lines.append(f"dropped from rollouts (the server never wrote them): {', '.join(dropped)}")
+    confirm(lines, args.yes)
+    _sign_targets(CurrentMetadata(state.root, state.targets, None), targets, targets_signers)
+    sign_checked(rollouts, signers.rollouts, key.key)
+    publisher = Publisher(repo.storage, lambda: signers, repo.expiry)
+    _install_and_publish(
+        repo, key, "rollouts_key", lambda: publisher.publish({ROLLOUTS_ROLE: rollouts}, [], targets)
+    )
+    print(
+        f"published targets v{targets.signed.version} and rollouts v{rollouts.signed.version}: "
+        f"signatures of {', '.join(short(k) for k in old_ids)} no longer count for rollouts"
+    )
+    return 0
 
 
 # -- product ---------------------------------------------------------------------------
@@ -675,7 +822,7 @@ def cmd_expiry_check(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the key, root, product and expiry command groups."""
+    """Add the key, root, rollouts, product and expiry command groups."""
     key = sub.add_parser("key", help="create and import signing keys")
     ksub = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
     p = ksub.add_parser("generate", help="write NAME.key (encrypted) and NAME.pub")
@@ -731,7 +878,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("proposal", metavar="PROPOSAL")
     p.add_argument("--repo", default=None)
     p.add_argument("--out", default=None, help="write a bundle instead")
+    p.add_argument(
+        "--online-key",
+        default=None,
+        help="NEW.pub (or NEW.key) the new root lists for snapshot and timestamp: installed "
+        "in the server's state, which then signs with it (a stolen online key)",
+    )
     p.set_defaults(func=cmd_root_publish)
+
+    rollouts = sub.add_parser("rollouts", help="the online rollouts role's key")
+    osub = rollouts.add_subparsers(dest="rollouts_command", required=True, metavar="COMMAND")
+    p = osub.add_parser(
+        "rotate",
+        help="delegate rollouts/* to a new key (targets re-signed offline), install it, publish",
+    )
+    p.add_argument("--repo", required=True, help="embedded repository (or state) directory")
+    p.add_argument("--signing-dir", default=None, help="default: REPO-signing beside REPO")
+    p.add_argument("--key", required=True, help="the new rollouts key NEW.pub (or NEW.key)")
+    p.add_argument("--targets-key", action="append", help="targets key that signs (repeat)")
+    p.add_argument("--expires", default=None, help="targets validity, e.g. 365d")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_rollouts_rotate)
 
     product = sub.add_parser("product", help="product lines: delegations to release keys")
     psub = product.add_subparsers(dest="product_command", required=True, metavar="COMMAND")
