@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from repo_server._config import ServerLimits
 from repo_server._publisher import OnlineSigners, Publisher, RepoState, load_state
 from repo_server._storage import LocalStorage, Storage
+from repo_server._verify import verify_repository
 from signing import (
     TRUSTED_ROOT,
     Expiry,
@@ -69,6 +70,7 @@ from tufota_core import (
     NotFoundError,
     RepositoryError,
     TufotaError,
+    VerificationError,
     utcnow,
 )
 
@@ -576,7 +578,48 @@ class Repository:
     def state(self) -> RepoState:
         return load_state(self.storage)
 
-    def trusted_root(self) -> bytes:
-        """The newest root metadata, for provisioning devices."""
-        state = self.state()
-        return state.root.to_bytes()
+    @property
+    def signing_root_path(self) -> Path:
+        """The root the release engineers trust: init wrote it, rotations chain from it."""
+        return self.signing_dir / TRUSTED_ROOT
+
+    def verified_state(
+        self, trusted_root: bytes | None = None, *, required: bool = True
+    ) -> RepoState:
+        """The repository's metadata, after checking every signature from a trusted root.
+
+        Offline keys sign on top of what they read, and the server's directory
+        is writable by whoever holds the server: so nothing an offline key
+        signs is taken from it unverified. The chain starts from ``trusted_root``,
+        else the signing directory's ``root.json``; with ``required=False`` and
+        neither, from the repository's own ``1.root.json`` (still catching a
+        planted later root or an unsigned role). Expiry is not checked: an
+        offline signer may re-sign on top of a lapsed timestamp.
+
+        Raises:
+            NotFoundError: ``required`` and no trusted root is at hand.
+            VerificationError: a signature, threshold or reference does not verify.
+        """
+        source = "the repository's 1.root.json"
+        if trusted_root is None and self.signing_root_path.is_file():
+            trusted_root = self.signing_root_path.read_bytes()
+            source = str(self.signing_root_path)
+        elif trusted_root is not None:
+            source = "the given root"
+        elif required:
+            raise NotFoundError(
+                f"no trusted root to verify {self.storage_url} from: {self.signing_root_path} "
+                "does not exist (give --signing-dir, the directory 'tufota init' printed)"
+            )
+        report = verify_repository(self.storage, trusted_root, blobs=False, expiry=False)
+        errors = [p for p in report.problems if p.severity == "error"]
+        if errors:
+            raise VerificationError(
+                f"{self.storage_url} does not verify from {source}: {errors[0].key}: "
+                f"{errors[0].message}; refusing to sign on top of it (see 'tufota repo verify')"
+            )
+        return self.state()
+
+    def trusted_root(self, trusted_root: bytes | None = None) -> bytes:
+        """The newest root metadata, for provisioning devices, verified along its chain."""
+        return self.verified_state(trusted_root, required=False).root.to_bytes()

@@ -85,7 +85,7 @@ def add_release_locally(
     if not firmware.is_file():
         raise NotFoundError(f"firmware file {firmware} does not exist")
     now = utcnow()
-    state = repo.state()
+    state = repo.verified_state()  # offline keys sign on top of it: never unverified
     role = product_role(info.hardware_id)
     delegations = state.targets.signed.delegations
     is_new = delegations is None or delegations.roles is None or role not in delegations.roles

@@ -103,10 +103,20 @@ class _StopError(Exception):
 
 
 class _Verifier:
-    def __init__(self, storage: Storage, trusted_root: bytes | None, now: datetime) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        trusted_root: bytes | None,
+        now: datetime,
+        *,
+        blobs: bool = True,
+        expiry: bool = True,
+    ) -> None:
         self.storage = storage
         self.trusted_root = trusted_root
         self.now = now
+        self.blobs = blobs
+        self.expiry = expiry
         self.report = VerifyReport()
 
     def problem(self, key: str, message: str, severity: str = "error") -> None:
@@ -145,7 +155,7 @@ class _Verifier:
             self.problem(key, f"cannot be checked: {e}")
 
     def fresh(self, md: Metadata[Any], key: str) -> None:
-        if md.signed.expires <= self.now:
+        if self.expiry and md.signed.expires <= self.now:
             self.problem(key, f"expired at {md.signed.expires.isoformat()}")
 
     # -- 1. root chain -----------------------------------------------------------
@@ -285,6 +295,8 @@ class _Verifier:
             self.check_blob(target)
 
     def check_blob(self, target: TargetFile) -> None:
+        if not self.blobs:
+            return
         if "sha256" not in target.hashes:
             self.problem(target.path, "has no sha256 hash, so it has no stored name")
             return
@@ -322,7 +334,12 @@ class _Verifier:
 
 
 def verify_repository(
-    storage: Storage, trusted_root: bytes | None = None, now: datetime | None = None
+    storage: Storage,
+    trusted_root: bytes | None = None,
+    now: datetime | None = None,
+    *,
+    blobs: bool = True,
+    expiry: bool = True,
 ) -> VerifyReport:
     """Check every signature, reference and blob of the repository in ``storage``.
 
@@ -330,8 +347,11 @@ def verify_repository(
         storage: the served tree.
         trusted_root: root metadata to start the chain from; ``1.root.json`` when None.
         now: the time expiry is checked against.
+        blobs: also read and hash every blob (False: metadata only).
+        expiry: report expired metadata (False: signatures and references only,
+            for offline signers who re-sign on top of a lapsed timestamp).
 
     Returns:
         The report; ``report.ok`` is False when any error was found.
     """
-    return _Verifier(storage, trusted_root, now or utcnow()).run()
+    return _Verifier(storage, trusted_root, now or utcnow(), blobs=blobs, expiry=expiry).run()

@@ -108,7 +108,7 @@ def current_metadata(args: argparse.Namespace, hardware_id: str | None) -> Curre
     if bool(args.repo) == bool(args.metadata):
         raise InputError("give the current metadata with --repo REPO or --metadata SRC --root R")
     if args.repo:
-        state = open_repo(args.repo, args.signing_dir).state()
+        state = open_repo(args.repo, args.signing_dir).verified_state()
         role = state.roles.get(product_role(hardware_id)) if hardware_id else None
         return CurrentMetadata(state.root, state.targets, role)
     if not args.root:
@@ -259,7 +259,9 @@ def cmd_root_rotate(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already exists; refusing to overwrite it")
     if bool(args.repo) == bool(args.current):
         raise InputError("give the current root with --repo REPO or --current ROOT.json")
-    current = open_repo(args.repo).state().root if args.repo else load_root(Path(args.current))
+    current = (
+        open_repo(args.repo).verified_state().root if args.repo else load_root(Path(args.current))
+    )
 
     def keys(paths: list[str] | None) -> list[Key] | None:
         return None if not paths else [k.key for k in load_keys(paths)]
@@ -370,7 +372,7 @@ def cmd_root_publish(args: argparse.Namespace) -> int:
         raise InputError("--online-key installs the key in the server's state: give --repo REPO")
     if args.repo:
         repo = open_repo(args.repo)
-        current = repo.state().root
+        current = repo.verified_state().root
         if args.online_key and proposal.root.to_bytes() == current.to_bytes():
             # Published by an earlier run that stopped before switching the key: finish it.
             return _publish_with_online_key(repo, current, Path(args.online_key))
@@ -488,7 +490,7 @@ def _server_documents(rollouts: Metadata[Targets]) -> list[str]:
 
 def cmd_rollouts_rotate(args: argparse.Namespace) -> int:
     repo = open_repo(args.repo, args.signing_dir)
-    state = repo.state()
+    state = repo.verified_state()
     key = resolve_key_file(Path(args.key))
     delegations = state.targets.signed.delegations
     if delegations is None or delegations.roles is None or ROLLOUTS_ROLE not in delegations.roles:

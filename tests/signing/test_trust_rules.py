@@ -230,18 +230,31 @@ def rotated_root(w: World) -> str:
     return legit_release(w)
 
 
+def _signing_refuses_on_top(w: World) -> None:
+    """Offline keys never sign on top of a repository that does not verify."""
+    image = w.image("fw-1.2.0.img", b"firmware 1.2.0\n" * 500)
+    argv = ["release", "sign", str(image), "--hardware", HW, "--version", "1.2.0"]
+    argv += ["--key", str(w.keys / "A.key"), "--repo", str(w.repo.path)]
+    assert w.cli(*argv, "--out", str(w.tmp / "on-top.tar.gz"), "--yes") == 1
+    assert not (w.tmp / "on-top.tar.gz").exists()
+
+
 def root_below_new_threshold(w: World) -> str:
     root = _rotation(w, ["old", "R1"])  # only 1 of the 2 new signatures
     assert w.cli("root", "publish", _save(w, root), "--repo", str(w.repo.path)) == 1
+    target = legit_release(w)
     w.forge(root=root)
-    return legit_release(w)
+    _signing_refuses_on_top(w)
+    return target
 
 
 def root_without_old_threshold(w: World) -> str:
     root = _rotation(w, ["R1", "R2"])  # the old root key did not sign
     assert w.cli("root", "publish", _save(w, root), "--repo", str(w.repo.path)) == 1
+    target = legit_release(w)
     w.forge(root=root)
-    return legit_release(w)
+    _signing_refuses_on_top(w)
+    return target
 
 
 def _save(w: World, root: Metadata[Root]) -> str:
