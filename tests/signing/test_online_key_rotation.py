@@ -16,8 +16,10 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import boto3
 import pytest
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Timestamp
@@ -44,6 +46,7 @@ from signing import (
 )
 from staging import RolloutController, SqliteTrackerStore
 from tests.conftest import PASSPHRASE
+from tests.signing.test_kms import _ecc_key, kms  # noqa: F401 - the fixture, by name
 from tufota_cli.device_cmds import provision_device
 from tufota_cli.main import main as tufota
 from tufota_core import RolloutDoc, Wave
@@ -340,3 +343,31 @@ def test_root_rotation_stopped_after_publishing_completes_when_run_again(fleet: 
                      "--online-key", str(new)) == 0  # fmt: skip
     assert fleet.repo.config.online_key == "online-2"
     assert fleet.cli("repo", "verify", "--repo", str(fleet.path)) == 0
+
+
+@pytest.mark.usefixtures("kms")
+def test_root_rotation_to_a_kms_online_key_installs_only_its_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUFOTA_PASSPHRASE", PASSPHRASE)
+    repo = Repository.create(tmp_path / "repo", PASSPHRASE)
+    new = tmp_path / "online-kms.pub"
+    assert tufota(["key", "import-kms", _ecc_key(boto3.client("kms"), "alias/online-2"),
+                   "--out", str(new.with_suffix(""))]) == 0  # fmt: skip
+    proposal = tmp_path / "root-v2.json"
+    assert tufota(["root", "rotate", "--repo", str(repo.path), "--online-key", str(new),
+                   "--out", str(proposal)]) == 0  # fmt: skip
+    assert tufota(["root", "sign", str(proposal), "--key",
+                   str(repo.signing_dir / "root.key"), "--yes"]) == 0  # fmt: skip
+    assert tufota(["root", "publish", str(proposal), "--repo", str(repo.path),
+                   "--online-key", str(new)]) == 0  # fmt: skip
+    rotated = Repository.open(repo.path)
+    assert rotated.config.online_key == "online-kms"
+    assert rotated.key("online-kms").uri.startswith("awskms:")
+    assert sorted(p.name for p in rotated.keys_dir.glob("*.key")) == ["rollouts.key"]
+    kms_id = load_public_key(new).keyid
+    assert list(rotated.state().timestamp.signatures) == [kms_id]
+    # The server re-signs with the KMS key from then on.
+    assert rotated.publisher(KeyPassphrases()).refresh_online(margin=timedelta(days=400))
+    assert list(rotated.state().snapshot.signatures) == [kms_id]
+    assert tufota(["repo", "verify", "--repo", str(repo.path)]) == 0
