@@ -415,6 +415,24 @@ def _proven_signer(key: KeyFile, passphrase: Callable[[], str]) -> Signer:
     return signer
 
 
+def _refuse_offline_key(keyid: str, root: Metadata[Root], targets: Metadata[Targets]) -> None:
+    """Refuse a new online key that already signs an offline role (root, targets, a line).
+
+    Raises:
+        InputError: the key is one of those roles' keys.
+    """
+    roles = [name for name in ("root", "targets") if keyid in root.signed.roles[name].keyids]
+    delegations = targets.signed.delegations
+    for name, role in (delegations.roles or {}).items() if delegations else []:
+        if name != ROLLOUTS_ROLE and keyid in role.keyids:
+            roles.append(name)
+    if roles:
+        raise InputError(
+            f"key {short(keyid)} signs {', '.join(roles)}, which must stay offline: an online "
+            "key lives on the server (generate a new key)"
+        )
+
+
 def _install_and_publish(
     repo: Repository, key: KeyFile, role: str, publish: Callable[[], bool]
 ) -> bool:
@@ -453,6 +471,7 @@ def _publish_with_online_key(repo: Repository, root: Metadata[Root], path: Path)
                 f"root v{root.signed.version} does not list {path} ({short(key.keyid)}) for "
                 f"{role}; rotate to it first (tufota root rotate --online-key {path} ...)"
             )
+    _refuse_offline_key(key.keyid, root, repo.state().targets)
     repo.check_new_online_key(key)
     passphrase = passphrase_source()
     signers = OnlineSigners(
@@ -501,6 +520,7 @@ def cmd_rollouts_rotate(args: argparse.Namespace) -> int:
     current_rollouts = state.roles.get(ROLLOUTS_ROLE)
     if current_rollouts is None:
         raise RepositoryError("the repository publishes no rollouts role")
+    _refuse_offline_key(key.keyid, state.root, state.targets)
     repo.check_new_online_key(key)
     now = utcnow()
     # Every key and signer before the first write: a refused command writes nothing.

@@ -316,6 +316,8 @@ def test_refused_rollouts_rotations_change_nothing(
         (str(lonely / "rollouts-2.pub"), "does not exist"),
         (str(fleet.path / "keys" / "rollouts.pub"), "already signs the rollouts role"),
         (str(fleet.path / "keys" / "online.pub"), "name of a key this repository uses"),
+        (str(fleet.signing / "targets.pub"), "must stay offline"),
+        (str(fleet.keys / "A.pub"), "must stay offline"),
     ]
     for key, message in cases:
         capsys.readouterr()
