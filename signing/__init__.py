@@ -40,8 +40,11 @@ from signing._custody import (
     default_signing_dir,
     is_inside,
     offline_key_findings,
+    online_key_misuse,
+    online_roles_by_keyid,
     private_key_files,
     product_key_name,
+    refuse_online_keys,
 )
 from signing._delta import DeltaConfig, DeltaRelease, DeltaStats, add_deltas, make_delta
 from signing._keys import (
@@ -120,6 +123,8 @@ __all__ = [
     "new_root",
     "new_targets",
     "offline_key_findings",
+    "online_key_misuse",
+    "online_roles_by_keyid",
     "passphrase_env_name",
     "passphrase_from_env",
     "private_key_files",
@@ -129,6 +134,7 @@ __all__ = [
     "propose_root",
     "propose_rotation",
     "read_bundle",
+    "refuse_online_keys",
     "resign_role",
     "resign_targets",
     "resolve_key_file",

@@ -27,7 +27,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, Root, Targets
 
 from signing._keys import KeyFile, load_public_key
-from tufota_core import TufotaError, check_hardware_id
+from tufota_core import InputError, TufotaError, check_hardware_id
 
 SIGNING_SUFFIX = "-signing"
 TRUSTED_ROOT = "root.json"
@@ -107,6 +107,69 @@ def _roles_by_keyid(root: Metadata[Root], targets: Metadata[Targets] | None) -> 
         for keyid in role.keyids:
             found.setdefault(keyid, name)
     return found
+
+
+def online_roles_by_keyid(
+    root: Metadata[Root], targets: Metadata[Targets] | None
+) -> dict[str, str]:
+    """Key id -> the online role it serves: timestamp, snapshot, or the rollouts delegation."""
+    found: dict[str, str] = {}
+    for name in ("timestamp", "snapshot"):
+        for keyid in root.signed.roles[name].keyids:
+            found.setdefault(keyid, name)
+    delegations = targets.signed.delegations if targets is not None else None
+    rollouts = (delegations.roles or {}).get("rollouts") if delegations else None
+    for keyid in rollouts.keyids if rollouts is not None else []:
+        found.setdefault(keyid, "rollouts")
+    return found
+
+
+def refuse_online_keys(
+    keyids: Iterable[str],
+    root: Metadata[Root],
+    targets: Metadata[Targets] | None,
+    offline_role: str,
+) -> None:
+    """Refuse to make a server's online key an offline role's key.
+
+    An online key lives on the server (its file and passphrase are the
+    server's); a root, targets or product-line key that is also an online key
+    gives a server compromise the offline role.
+
+    Raises:
+        InputError: one of ``keyids`` is an online key of this repository.
+    """
+    online = online_roles_by_keyid(root, targets)
+    for keyid in keyids:
+        if keyid in online:
+            raise InputError(
+                f"key {keyid[:12]} is the server's online {online[keyid]} key: it cannot be "
+                f"a key of {offline_role}, which must stay offline (generate a new key)"
+            )
+
+
+def online_key_misuse(
+    online_keyids: Iterable[str], root: Metadata[Root], targets: Metadata[Targets] | None
+) -> str | None:
+    """Why the server must not start: one of its online keys also signs an offline role."""
+    offline: dict[str, str] = {}
+    for name in ("root", "targets"):
+        for keyid in root.signed.roles[name].keyids:
+            offline.setdefault(keyid, name)
+    delegations = targets.signed.delegations if targets is not None else None
+    for name, delegated in (delegations.roles or {}).items() if delegations else []:
+        if name != "rollouts":
+            for keyid in delegated.keyids:
+                offline.setdefault(keyid, name)
+    for keyid in online_keyids:
+        role = offline.get(keyid)
+        if role is not None:
+            return (
+                f"the server's online key {keyid[:12]} is also a key of the offline role "
+                f"{role}: whoever takes this server can sign as {role}; rotate that role's "
+                "keys to offline ones (docs/signing.md)"
+            )
+    return None
 
 
 def _public_half(private: Path) -> KeyFile | None:

@@ -26,11 +26,12 @@ from signing import (
     TRUSTED_ROOT,
     KeyPassphrases,
     default_signing_dir,
+    online_key_misuse,
     passphrase_env_name,
     resolve_key_file,
 )
 from tufota_cli._common import passphrase_source
-from tufota_core import InputError
+from tufota_core import InputError, TufotaError
 
 if TYPE_CHECKING:
     from repo_server import ServerContext
@@ -258,6 +259,11 @@ def check_custody(repo: Repository, tls_key: str | None, lab_override: bool) -> 
             file=sys.stderr,
             flush=True,
         )
+    misuse = _online_key_misuse(repo)
+    if misuse is not None:
+        if not lab_override:
+            raise InputError(f"refusing to serve: {misuse}")
+        print(f"WARNING: {LAB_OVERRIDE}: {misuse}", file=sys.stderr, flush=True)
     ignore = (Path(tls_key),) if tls_key else ()
     findings = repo.offline_keys_here(ignore)
     if not findings:
@@ -274,6 +280,16 @@ def check_custody(repo: Repository, tls_key: str | None, lab_override: bool) -> 
             flush=True,
         )
         logger.warning("serving beside an offline private key: %s", finding.path)
+
+
+def _online_key_misuse(repo: Repository) -> str | None:
+    """Why serving would hand out an offline role: an online key that also signs one."""
+    try:
+        state = repo.state()
+        online = [repo.key(repo.config.online_key).keyid, repo.key(repo.config.rollouts_key).keyid]
+    except TufotaError:
+        return None  # an unreadable repository fails later with its own message
+    return online_key_misuse(online, state.root, state.targets)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

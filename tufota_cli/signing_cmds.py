@@ -48,6 +48,7 @@ from signing import (
     proposal_status,
     propose_root,
     propose_rotation,
+    refuse_online_keys,
     resign_role,
     resolve_key_file,
     sign_checked,
@@ -259,20 +260,25 @@ def cmd_root_rotate(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already exists; refusing to overwrite it")
     if bool(args.repo) == bool(args.current):
         raise InputError("give the current root with --repo REPO or --current ROOT.json")
-    current = (
-        open_repo(args.repo).verified_state().root if args.repo else load_root(Path(args.current))
-    )
+    state = open_repo(args.repo).verified_state() if args.repo else None
+    current = state.root if state is not None else load_root(Path(args.current))
 
-    def keys(paths: list[str] | None) -> list[Key] | None:
-        return None if not paths else [k.key for k in load_keys(paths)]
+    def keys(paths: list[str] | None, role: str) -> list[Key] | None:
+        if not paths:
+            return None
+        found: list[Key] = [k.key for k in load_keys(paths)]
+        refuse_online_keys(
+            [k.keyid for k in found], current, state.targets if state else None, role
+        )
+        return found
 
     proposal = propose_rotation(
         current,
         utcnow(),
         expiry_with(args.expires, "root"),
-        root_keys=keys(args.key),
+        root_keys=keys(args.key, "root"),
         threshold=args.threshold,
-        targets_keys=keys(args.targets_key),
+        targets_keys=keys(args.targets_key, "targets"),
         targets_threshold=args.targets_threshold,
         online_key=None if not args.online_key else resolve_key_file(Path(args.online_key)).key,
     )
@@ -646,6 +652,7 @@ def cmd_product_add(args: argparse.Namespace) -> int:
     if not args.key and args.threshold != 1:
         raise InputError(f"--threshold {args.threshold} needs that many keys: give each with --key")
     keys = load_keys(args.key) if args.key else []
+    refuse_online_keys([k.keyid for k in keys], current.root, current.targets, f"product line {hw}")
     new_key = None if keys else _new_line_key(args, hw, current.targets)
     shared = {
         k.path.name: lines for k in keys if (lines := _lines_of_key(current.targets, k.keyid))
@@ -717,6 +724,7 @@ def cmd_product_change(args: argparse.Namespace) -> int:
     add = [] if revoke else [k.key for k in load_keys(args.add_key or [])]
     out = check_output(args)
     current = current_metadata(args, hw)
+    refuse_online_keys([k.keyid for k in add], current.root, current.targets, f"product line {hw}")
     now = utcnow()
     expiry = expiry_with(args.expires, "targets")
     targets = change_product_keys(
