@@ -158,6 +158,24 @@ def test_documented_command_parses(where: str, argv: list[str]) -> None:
     assert problem is None, f"{where}: {' '.join(argv)}: {problem}"
 
 
+def _private_loopback() -> list[str]:
+    """A command prefix giving the session a network namespace of its own, when possible.
+
+    The documented sessions use the documented port (8080); in a namespace of
+    their own two test runs on one machine cannot collide. Without root or
+    unshare the session runs as is.
+    """
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if os.geteuid() != 0 or not unshare or not ip:
+        return []
+    probe = subprocess.run(
+        [unshare, "--net", ip, "link", "set", "lo", "up"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        return []
+    return [unshare, "--net", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
+
+
 def _sessions() -> list[tuple[str, list[Block]]]:
     sessions: dict[str, list[Block]] = {}
     for path in DOCS:
@@ -194,7 +212,7 @@ def test_documented_session_runs(name: str, blocks: list[Block], tmp_path: Path)
     bash = shutil.which("bash")
     assert bash
     result = subprocess.run(
-        [bash, "-c", wrapped],
+        [*_private_loopback(), bash, "-c", wrapped],
         cwd=work,
         env=env,
         capture_output=True,
