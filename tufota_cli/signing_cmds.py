@@ -662,6 +662,13 @@ def cmd_product_add(args: argparse.Namespace) -> int:
     # Every key and signer before the first write: a refused command writes nothing.
     passphrase = passphrase_source()
     targets_signers = _targets_signers(args, passphrase)
+    allowed = current.root.signed.roles["targets"].keyids
+    for signer in targets_signers:  # checked before a new line key is made
+        if signer.public_key.keyid not in allowed:
+            raise InputError(
+                f"key {short(signer.public_key.keyid)} is not a targets key of root "
+                f"v{current.root.signed.version}"
+            )
     try:
         product_signers = [load_signer(k, passphrase) for k in keys]
     except NotFoundError as e:
