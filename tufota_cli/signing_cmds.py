@@ -755,6 +755,14 @@ def cmd_product_change(args: argparse.Namespace) -> int:
         role = resign_role(current.role, now, expiry_with(args.role_expires, "product"))
         roles[name] = role
         lines.append(f"{name} v{role.signed.version}: re-signed with the new keys")
+    if not roles and current.role is not None:
+        have, need = signature_count(targets, name, current.role)
+        if have < need:  # publishing would strand the line: refuse before asking or signing
+            raise InputError(
+                f"after this change {name} v{current.role.signed.version} keeps {have} valid "
+                f"signature(s) of {need}, so devices would refuse {hw} firmware: also give "
+                f"--key with the line's remaining or new key(s) to re-sign it"
+            )
     confirm(lines, args.yes)
     passphrase = passphrase_source()
     _sign_targets(current, targets, _targets_signers(args, passphrase))
@@ -768,15 +776,6 @@ def cmd_product_change(args: argparse.Namespace) -> int:
         have, need = signature_count(targets, name, roles[name])
         if have < need:
             raise VerificationError(f"{name} needs {need} signatures; {have} given")
-    elif current.role is not None:
-        have, need = signature_count(targets, name, current.role)
-        if have < need:
-            print(
-                f"warning: {name} v{current.role.signed.version} keeps {have} valid signature(s) "
-                f"of {need}: devices refuse {hw} firmware until the product line re-signs it "
-                f"(tufota product rotate {hw} --key NEW.key ...)",
-                file=sys.stderr,
-            )
     _finish(args, out, targets, roles)
     return 0
 
