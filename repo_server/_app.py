@@ -24,6 +24,7 @@ from repo_server import (
     _dashboard,
     _metrics,
     _routes_devices,
+    _routes_ops,
     _routes_releases,
     _routes_repo,
     _routes_rollouts,
@@ -76,6 +77,7 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         _routes_devices,
         _routes_releases,
         _routes_rollouts,
+        _routes_ops,
         _dashboard,
         _metrics,
     ):

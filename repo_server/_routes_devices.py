@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from repo_server import _devices
 from repo_server._context import ServerContext
 from repo_server._errors import error_responses
-from tufota_core import check_device_id, check_hardware_id
+from repo_server._opsdata import device_detail
+from tufota_core import check_hardware_id
 
 
 class DeviceRegistration(BaseModel):
@@ -162,8 +163,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     )
     def get_device(device_id: str) -> dict[str, Any]:
         """A device and its history of reports."""
-        device = _devices.device_json(ctx.store.get_device(check_device_id(device_id)))
-        history = [e.to_json() for e in ctx.store.device_history(device_id, limit=200)]
-        return {"device": device, "history": history}
+        # The same builder as 'tufota device show --repo' (local and remote JSON agree).
+        return device_detail(ctx.store, device_id)
 
     return router

@@ -73,8 +73,9 @@ EVENT_KINDS = (
     "aborted",
     "completed",
     "retried",
+    "tags",
 )
-"""What an ``Event`` records: a device change (first three) or a rollout change."""
+"""What an ``Event`` records: a device change (the first three and ``tags``) or a rollout change."""
 
 
 def _time(moment: datetime | None) -> str | None:

@@ -654,6 +654,32 @@ class SqliteTrackerStore(TrackerStore):
         logger.info("device %s is now %s%s", device_id, status, f": {reason}" if reason else "")
         return record
 
+    def set_device_tags(
+        self, device_id: str, tags: Iterable[str], *, reason: str = "", at: datetime | None = None
+    ) -> DeviceRecord:
+        tag_list = sorted({check_tag(t) for t in tags})
+        if len(tag_list) > self._config.max_tags:
+            raise InputError(f"a device has at most {self._config.max_tags} tags")
+        reason = self._check_reason(reason)
+        when = _stamp(at or utcnow())
+        with self._tx(write=True) as conn:
+            before = self._device(conn, device_id)
+            if sorted(before.tags) == tag_list:
+                return before
+            conn.execute(
+                "UPDATE devices SET tags = ? WHERE device_id = ?", (json.dumps(tag_list), device_id)
+            )
+            self._add_event(
+                conn,
+                at=when,
+                kind="tags",
+                device_id=device_id,
+                reason=reason or f"tags: {','.join(tag_list) or '(none)'}",
+            )
+            record = self._device(conn, device_id)
+        logger.info("device %s now has tags %s", device_id, ",".join(tag_list) or "(none)")
+        return record
+
     def record_report(self, report: Report, received_at: datetime) -> bool:
         outcome = self.record_reports([report], received_at)[0]
         if outcome.result == "unknown":

@@ -117,6 +117,20 @@ class TrackerStore(ABC):
         """
 
     @abstractmethod
+    def set_device_tags(
+        self, device_id: str, tags: Iterable[str], *, reason: str = "", at: datetime | None = None
+    ) -> DeviceRecord:
+        """Replace a device's cohort tags, recording a ``tags`` event (none when unchanged).
+
+        Tags pick the waves a device belongs to: a live rollout sees the new
+        tags from its next evaluation.
+
+        Raises:
+            InputError: a malformed tag or too many tags (nothing changed).
+            NotFoundError: no such device.
+        """
+
+    @abstractmethod
     def record_report(self, report: Report, received_at: datetime) -> bool:
         """Apply a device report whose signature the caller already verified.
 

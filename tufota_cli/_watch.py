@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from staging import RolloutController, SqliteTrackerStore
-from tufota_cli.repo_cmds import open_repository
+from tufota_cli._ops import operations
 from tufota_core import InputError, format_time, utcnow
 
 FINAL_STATES = ("completed", "aborted")
@@ -66,22 +65,18 @@ def add_watch(parser: argparse.ArgumentParser, status: Callable[[argparse.Namesp
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Watch one rollout (or every rollout) from the repository's tracker."""
+    """Watch one rollout (or every rollout) from the repository's tracker or the server."""
     if not 0.05 <= args.interval <= 3600:
         raise InputError(f"--interval {args.interval} is outside 0.05-3600 seconds")
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        controller = RolloutController(store, None)
+    ops = operations(args)  # local tracker (read-only) or the server's API
 
-        def fetch() -> list[dict[str, Any]]:
-            if args.rollout_id:
-                return [controller.status(args.rollout_id).to_json()]
-            return [controller.status(r.rollout_id).to_json() for r in store.list_rollouts()]
+    def fetch() -> list[dict[str, Any]]:
+        return ops.rollouts(args.rollout_id)
 
-        try:
-            return watch(fetch, as_json=args.json, interval=args.interval)
-        except KeyboardInterrupt:
-            return 130
+    try:
+        return watch(fetch, as_json=args.json, interval=args.interval)
+    except KeyboardInterrupt:
+        return 130
 
 
 def watch(

@@ -6,21 +6,21 @@ import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from repo_server import (
     ROLES,
-    Repository,
     S3Location,
     S3Storage,
     Storage,
-    TokenStore,
     is_s3_url,
     verify_repository,
 )
 from staging import parse_duration
 from tufota_cli._common import print_json, table
+from tufota_cli._ops import add_target_arguments, operations
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
-from tufota_core import InputError, NotFoundError, VerificationError, format_time, utcnow
+from tufota_core import InputError, NotFoundError, VerificationError
 
 ONLINE = ("timestamp", "snapshot", "rollouts")
 _MAX_TOKEN_LIFETIME = 5 * 365 * 86400
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_verify)
 
     p = rsub.add_parser("status", help="each role's version and remaining validity")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
@@ -61,15 +61,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="DURATION",
         help="valid for this long, e.g. 12h or 30d (default: until revoked)",
     )
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.set_defaults(func=cmd_token_create)
     p = tsub.add_parser("list", help="tokens by id, name and role (never the secrets)")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_token_list)
     p = tsub.add_parser("revoke", help="delete a token; requests using it fail at once")
     p.add_argument("token_id", metavar="TOKEN_ID", help="the id 'token list' shows")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.set_defaults(func=cmd_token_revoke)
 
 
@@ -110,31 +110,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    state = repo.state()
-    now = utcnow()
+    data = operations(args).repo_status()
+    if args.json:
+        print_json(data)
+        return 0
     rows = []
-    data = {}
-    for name, md in state.all_roles():
-        left = md.signed.expires - now
-        online = name in ONLINE
-        note = "server re-signs" if online else ""
-        if not online and left < timedelta(days=30):
+    for name, role in data["roles"].items():
+        left = timedelta(seconds=role["seconds_left"])
+        note = "server re-signs" if role["online"] else ""
+        if not role["online"] and left < timedelta(days=30):
             note = "re-sign offline soon"
         if left.total_seconds() <= 0:
             note = "EXPIRED"
-        data[name] = {
-            "version": md.signed.version,
-            "expires": format_time(md.signed.expires),
-            "seconds_left": int(left.total_seconds()),
-            "online": online,
-        }
-        rows.append([name, md.signed.version, format_time(md.signed.expires), _days(left), note])
-    if args.json:
-        print_json({"storage": repo.storage_url, "roles": data})
-    else:
-        print(f"repository {repo.storage_url}")
-        print(table(["role", "version", "expires", "left", ""], rows))
+        rows.append([name, role["version"], role["expires"], _days(left), note])
+    print(f"repository {data['storage']}")
+    print(table(["role", "version", "expires", "left", ""], rows))
     return 0
 
 
@@ -143,72 +133,58 @@ def _days(left: timedelta) -> str:
     return f"{hours / 24:.1f}d" if abs(hours) >= 48 else f"{hours:.1f}h"
 
 
-def _tokens(args: argparse.Namespace) -> TokenStore:
-    repo: Repository = open_repository(args)
-    return TokenStore(repo.tokens_path)
-
-
 def cmd_token_create(args: argparse.Namespace) -> int:
     lifetime = None
     if args.expires is not None:
-        lifetime = timedelta(seconds=parse_duration(args.expires, maximum=_MAX_TOKEN_LIFETIME))
+        lifetime = parse_duration(args.expires, maximum=_MAX_TOKEN_LIFETIME)
         if not lifetime:
             raise InputError("--expires must be longer than 0s")
-    token = _tokens(args).create(args.name, args.role, lifetime)
-    token_id = token.split("_")[1]
+    created = operations(args).create_token(args.name, args.role, lifetime)
     # Only the token on stdout, so TOKEN=$(tufota token create ...) captures it.
-    print(token)
+    print(created["token"])
     until = f", valid for {args.expires}" if lifetime else ""
     print(
-        f"created {args.role} token {token_id} for {args.name}{until}; it is shown only this once",
+        f"created {args.role} token {created['id']} for {args.name}{until}; "
+        "it is shown only this once",
         file=sys.stderr,
     )
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    records = _tokens(args).list()
-    now = utcnow()
+    tokens = operations(args).tokens()
     if args.json:
-        print_json(
-            {
-                "tokens": [
-                    {
-                        "id": r.token_id,
-                        "name": r.name,
-                        "role": r.role,
-                        "created": r.created,
-                        "expires": r.expires,
-                        "expired": r.expired(now),
-                    }
-                    for r in records
-                ]
-            }
-        )
-    elif not records:
+        print_json({"tokens": tokens})
+    elif not tokens:
         print("no tokens")
     else:
         print(
             table(
                 ["id", "name", "role", "created", "expires"],
                 [
-                    [r.token_id, r.name, r.role, r.created, _expiry(r.expires, r.expired(now))]
-                    for r in records
+                    [
+                        t["id"],
+                        t["name"],
+                        t["role"],
+                        t["created"],
+                        _expiry(t),
+                    ]
+                    for t in tokens
                 ],
             )
         )
     return 0
 
 
-def _expiry(expires: str | None, expired: bool) -> str:
-    if expires is None:
+def _expiry(token: dict[str, Any]) -> str:
+    if token["expires"] is None:
         return "never"
-    return f"{expires} (EXPIRED)" if expired else expires
+    return f"{token['expires']} (EXPIRED)" if token["expired"] else str(token["expires"])
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     if not args.token_id or len(args.token_id) > 64:
         raise InputError(f"{args.token_id!r} is not a token id")
-    _tokens(args).revoke(args.token_id)
+    operations(args).revoke_token(args.token_id)
     print(f"revoked token {args.token_id}")
     return 0

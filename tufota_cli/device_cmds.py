@@ -19,14 +19,11 @@ from securesystemslib.signer import CryptoSigner
 from device_agent import DURATION_BOUNDS, init_slots, parse_duration, render_agent_config
 from repo_server import (
     Repository,
-    device_json,
-    parse_public_key,
-    register_device,
-    set_device_status,
 )
 from signing import find_product, latest_version
 from staging import DEVICE_STATUSES, SqliteTrackerStore
 from tufota_cli._common import print_json, table
+from tufota_cli._ops import add_target_arguments, operations, read_pubkey
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import (
     InputError,
@@ -37,6 +34,7 @@ from tufota_core import (
     check_tag,
     check_window,
     product_role,
+    safe_text,
 )
 
 MAX_PUBKEY_FILE = 16 * 1024
@@ -92,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--pubkey", required=True, help="the device's public key: device.pub (JSON) or PEM"
     )
     p.add_argument("--tags", default="", help="comma-separated cohort tags")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.set_defaults(func=cmd_register)
 
     for action, status, text in (
@@ -102,15 +100,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p = dsub.add_parser(action, help=text)
         p.add_argument("device_id", metavar="DEVICE_ID")
         p.add_argument("--reason", default="", help="recorded in the device's history")
-        add_repo_arguments(p)
+        add_target_arguments(p)
         p.set_defaults(func=cmd_status, status=status)
 
     p = dsub.add_parser("list", help="registered devices with their status and key id")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--status", default=None, choices=DEVICE_STATUSES)
     p.add_argument("--hardware", default=None)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
+
+    p = dsub.add_parser("tags", help="edit a device's cohort tags (they pick its rollout waves)")
+    p.add_argument("device_id", metavar="DEVICE_ID")
+    p.add_argument("--set", default=None, help="replace every tag: comma-separated ('' for none)")
+    p.add_argument("--add", default="", help="comma-separated tags to add")
+    p.add_argument("--remove", default="", help="comma-separated tags to remove")
+    p.add_argument("--reason", default="", help="recorded in the device's history")
+    add_target_arguments(p)
+    p.set_defaults(func=cmd_tags)
+
+    p = dsub.add_parser(
+        "show", help="a device: state, version, tags, last report and its report history"
+    )
+    p.add_argument("device_id", metavar="DEVICE_ID")
+    add_target_arguments(p)
+    p.add_argument("--limit", type=int, default=20, help="history entries shown (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (200 entries)")
+    p.set_defaults(func=cmd_show)
 
 
 def provision_device(
@@ -151,7 +167,7 @@ def provision_device(
         min_version=min_version or "",
         maintenance_window=maintenance_window or "",
     )
-    state = repo.state()
+    state = repo.verified_state(required=False)  # devices will trust its root
     find_product(state.targets, hardware_id)
     product = state.roles.get(product_role(hardware_id))
     if product is None or latest_version(product) is None:
@@ -270,61 +286,103 @@ def cmd_register(args: argparse.Namespace) -> int:
     check_device_id(args.device_id)
     check_hardware_id(args.hardware)
     tags = _tags(args.tags)
-    path = Path(args.pubkey)
-    if not path.is_file():
-        raise NotFoundError(f"public key file {path} does not exist")
-    if path.stat().st_size > MAX_PUBKEY_FILE:
-        raise InputError(f"{path} is larger than {MAX_PUBKEY_FILE} bytes; not a public key")
-    repo = open_repository(args)
-    try:
-        key = parse_public_key(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not a text (PEM or JSON) public key") from None
-    except InputError as e:
-        raise InputError(f"{path}: {e}") from e
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        device = register_device(store, repo.storage, args.device_id, args.hardware, key, tags)
+    key = read_pubkey(Path(args.pubkey), MAX_PUBKEY_FILE)
+    ops = operations(args)
+    device = ops.register_device(args.device_id, args.hardware, key, tags)["device"]
     print(
-        f"registered {device.device_id} ({device.hardware_id}), key "
-        f"{device.public_key['keyid'][:16]}: pending; accept it with "
-        f"'tufota device accept {device.device_id} --repo {args.repo}'"
+        f"registered {device['device_id']} ({device['hardware_id']}), key "
+        f"{str(device['key']['keyid'])[:16]}: pending; accept it with "
+        f"'tufota device accept {device['device_id']}'"
     )
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        changed = set_device_status(store, args.device_id, args.status, args.reason)
-    print(f"{args.device_id}: {args.status}" + ("" if changed else " (already)"))
+    check_device_id(args.device_id)
+    result = operations(args).set_device_status(args.device_id, args.status, args.reason)
+    print(f"{args.device_id}: {args.status}" + ("" if result["changed"] else " (already)"))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
     if args.hardware:
         check_hardware_id(args.hardware)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        devices = [
-            d
-            for d in store.list_devices(args.hardware)
-            if args.status is None or d.status == args.status
-        ]
+    devices = operations(args).devices(args.status, args.hardware)
     if args.json:
-        print_json({"devices": [device_json(d) for d in devices]})
+        print_json({"devices": devices})
     elif not devices:
         print("no devices")
     else:
         rows = [
             [
-                d.device_id,
-                d.hardware_id,
-                d.status,
-                str(d.public_key.get("keyid", ""))[:16],
-                ",".join(d.tags),
-                d.installed_version,
+                d["device_id"],
+                d["hardware_id"],
+                d["status"],
+                str((d.get("key") or {}).get("keyid") or "")[:16],
+                ",".join(d["tags"]),
+                d["installed_version"],
             ]
             for d in devices
         ]
         print(table(["device", "hardware", "status", "key", "tags", "version"], rows))
     return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    check_device_id(args.device_id)
+    if args.set is None and not args.add and not args.remove:
+        raise InputError("give --set, --add or --remove")
+    change = {
+        "set": None if args.set is None else _tags(args.set),
+        "add": _tags(args.add),
+        "remove": _tags(args.remove),
+        "reason": args.reason,
+    }
+    device = operations(args).edit_tags(args.device_id, change)["device"]
+    print(f"{device['device_id']}: tags {','.join(device['tags']) or '(none)'}")
+    return 0
+
+
+_SHOWN = (
+    ("hardware", "hardware_id"),
+    ("registration", "status"),
+    ("state", "state"),
+    ("version", "installed_version"),
+    ("target", "target_version"),
+    ("rollout", "rollout_id"),
+    ("last seen", "last_seen"),
+    ("last error", "error_code"),
+    ("error message", "error_message"),
+    ("last report seq", "last_seq"),
+)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    check_device_id(args.device_id)
+    if not 0 <= args.limit <= 200:
+        raise InputError(f"--limit {args.limit} is outside 0-200")
+    data = operations(args).device(args.device_id)
+    if args.json:
+        print_json(data)
+        return 0
+    device = data["device"]
+    print(f"device {device['device_id']}")
+    width = max(len(label) for label, _ in _SHOWN) + 1
+    for label, key in _SHOWN:
+        if device.get(key) not in (None, ""):
+            print(f"  {(label + ':').ljust(width)} {safe_text(str(device[key]))}")
+    print(f"  {'tags:'.ljust(width)} {safe_text(','.join(device.get('tags') or [])) or '-'}")
+    ident = device.get("key") or {}
+    print(f"  {'key:'.ljust(width)} {ident.get('keyid')} ({ident.get('keytype')})")
+    history = data["history"][: args.limit]
+    if history:
+        print()
+        columns = sorted({k for e in history for k in e} - {"device_id"})
+        first = [c for c in ("at", "kind", "state", "version", "seq") if c in columns]
+        rest = [c for c in columns if c not in first]
+        print(table(first + rest, [[_cell(e.get(c)) for c in first + rest] for e in history]))
+    return 0
+
+
+def _cell(value: object) -> object:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value

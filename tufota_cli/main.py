@@ -58,7 +58,23 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rollout_cmds", ("rollout", "fleet", "alert")),
     ("simulate_cmd", ("simulate",)),
     ("demo_cmd", ("demo",)),
+    ("ops_cmds", ("login", "profile")),
 )
+
+
+EPILOG = """\
+remote mode: operator commands take --repo DIR (local, on the server's host) or
+--server URL --token T (remote; also TUFOTA_SERVER / TUFOTA_TOKEN, or a profile
+saved by 'tufota login'). Precedence: flags, then environment, then the
+active profile.
+
+exit codes:
+  0  done
+  1  error (one line on stderr; nothing changed), also a server that cannot be reached
+  2  bad usage
+  3  refused by authorisation: the token is unknown, expired, or its role may not
+  4  the watched rollout was aborted (rollout status --watch)
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tufota",
         description="Signed over-the-air firmware updates with staged rollouts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show debug logs and tracebacks"
@@ -181,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
     except TufotaError as e:
-        return _fail(str(e), args.verbose)
+        # A refusal by authorisation has its own code (3); see EPILOG.
+        return _fail(str(e), args.verbose, getattr(e, "exit_code", 1))
     except ModuleNotFoundError as e:
         package = _missing_server_package(e)
         if package is None:

@@ -40,7 +40,9 @@ from signing import (
     verify_bundle,
     write_bundle,
 )
+from tufota_cli._client import RefusedError
 from tufota_cli._common import open_repo, passphrase_source
+from tufota_cli.ops_cmds import add_release_reads
 from tufota_cli.signing_cmds import (
     add_source_args,
     check_output,
@@ -200,6 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--ca-bundle", default=None, help="CA certificates to trust for HTTPS")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
     p.set_defaults(func=cmd_upload)
+    add_release_reads(rsub)  # list, show: local or remote (tufota_cli/ops_cmds.py)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -439,4 +442,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
         detail = f"{body_json.get('error', 'error')}: {body_json['message']}"
     else:
         detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+    if response.status_code in (401, 403):  # exit 3: refused by authorisation, nothing changed
+        raise RefusedError(
+            f"the server refused the upload (HTTP {response.status_code}) {detail}; "
+            "this needs an uploader token"
+        )
     raise TransportError(f"the server refused the upload (HTTP {response.status_code}) {detail}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from repo_server import Publisher, Repository, release_catalog
 from repo_server._watchdog import published_rollouts
@@ -10,19 +11,16 @@ from signing import find_product
 from staging import (
     ALERT_SEVERITIES,
     PRESETS,
-    AlertDraft,
-    AlertSettings,
     FleetStatus,
     Release,
     RolloutController,
     RolloutStatus,
-    SinkSpec,
     SqliteTrackerStore,
-    build_plan,
 )
 from staging import parse_duration as _parse_duration
 from staging import parse_fraction as _parse_fraction
 from tufota_cli._common import passphrase_source, print_json, table
+from tufota_cli._ops import add_target_arguments, operations
 from tufota_cli._watch import add_watch
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import (
@@ -63,8 +61,9 @@ def _fraction_arg(text: str) -> float:
 
 EXIT_CODES = (
     "exit codes: 0 done (also 'already paused' / 'already active'), 1 refused or failed "
-    "(one line on stderr; nothing changed), 2 bad usage, 4 a watched rollout was aborted "
-    "(status --watch)"
+    "(one line on stderr; nothing changed), 2 bad usage, 3 refused by authorisation "
+    "(remote mode: the token's role may not; nothing changed), 4 a watched rollout was "
+    "aborted (status --watch)"
 )
 
 
@@ -86,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             for p in PRESETS.values()
         ),
     )
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--hardware", required=True)
     p.add_argument("--version", required=True)
     p.add_argument(
@@ -132,13 +131,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = rsub.add_parser("status", help="per-wave progress of rollouts", epilog=EXIT_CODES)
     p.add_argument("rollout_id", nargs="?", help="a rollout id (default: every rollout)")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_watch(p, cmd_status)  # --watch, --interval (tufota_cli/_watch.py)
 
     p = rsub.add_parser("history", help="a rollout's transitions with time and reason")
     p.add_argument("rollout_id")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
@@ -151,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ):
         p = rsub.add_parser(action, help=text, epilog=EXIT_CODES)
         p.add_argument("rollout_id")
-        add_repo_arguments(p)
+        add_target_arguments(p)
         if action == "complete":
             p.add_argument(
                 "--reason",
@@ -163,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=cmd_action, action=action)
 
     p = rsub.add_parser("tick", help="evaluate gates, stalls and alerts once (for cron)")
-    add_repo_arguments(p)
+    add_repo_arguments(p)  # local only: the server ticks itself
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tick)
 
@@ -172,7 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = fsub.add_parser(
         "status", help="each device's version, missing fixes and exposure, worst first"
     )
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--hardware", default=None)
     p.add_argument("--exposed", action="store_true", help="only devices that lack a fix")
     p.add_argument("--json", action="store_true")
@@ -181,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     alert = sub.add_parser("alert", help="alerts and where they are sent")
     asub = alert.add_subparsers(dest="alert_command", required=True, metavar="COMMAND")
     p = asub.add_parser("list", help="alerts, newest first")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--open", action="store_true", help="only open alerts")
     p.add_argument("--rollout", default=None)
     p.add_argument("--limit", type=int, default=100)
@@ -190,14 +189,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = asub.add_parser("resolve", help="resolve an alert by hand")
     p.add_argument("alert_id", type=int)
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--reason", default="resolved by an operator")
     p.set_defaults(func=cmd_alert_resolve)
 
     p = asub.add_parser("sink", help="add, remove or list alert sinks (log is always on)")
     p.add_argument("sink_action", choices=("add", "remove", "list"))
     p.add_argument("name", nargs="?", help="sink name (add, remove)")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument("--webhook", default="", help="URL that receives a JSON POST per alert")
     p.add_argument("--sns", default="", help="SNS topic ARN")
     p.add_argument("--region", default="", help="AWS region for SNS")
@@ -212,7 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_alert_sink)
 
     p = asub.add_parser("settings", help="show or change when fleet-wide alerts fire")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.add_argument(
         "--patch-grace", type=_duration_arg, default=None, help="time after a release (7d)"
     )
@@ -223,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_alert_settings)
 
     p = asub.add_parser("test", help="send a test alert (and its resolution) to every sink")
-    add_repo_arguments(p)
+    add_target_arguments(p)
     p.set_defaults(func=cmd_alert_test)
 
 
@@ -250,7 +249,7 @@ def controller(repo: Repository, *, signing: bool = True) -> RolloutController:
         publisher,
         expiries=publisher.expiries,
         releases=lambda: release_catalog(repo.state()),
-        published=lambda: published_rollouts(repo.storage),
+        published=lambda: published_rollouts(repo.storage, publisher.take_forged_targets()),
     )
 
 
@@ -271,42 +270,46 @@ def find_release(repo: Repository, hardware_id: str, version: str) -> Release:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    release = find_release(repo, args.hardware, args.version)
-    waves, options = build_plan(
-        waves=args.waves,
-        preset=args.preset,
-        release=release.info,
-        maintenance_window=args.maintenance_window,
-        success_threshold=args.success_threshold,
-        failure_threshold=args.failure_threshold,
-        soak_seconds=args.soak,
-        min_devices=args.min_devices,
-        stall_timeout_seconds=args.stall_timeout,
-        reboot_timeout_seconds=args.reboot_timeout,
-        poll_interval_seconds=args.poll_interval,
-        silent_polls=args.silent_polls,
-        retry_failed=args.retry_failed,
-        retry_backoff_seconds=args.retry_backoff,
-    )
-    doc = controller(repo).start(
-        args.hardware, args.version, release.target_path, waves, options, reason=args.reason
-    )
+    check_hardware_id(args.hardware)
+    Version.parse(args.version)
+    body = {
+        "hardware_id": args.hardware,
+        "version": args.version,
+        "waves": args.waves,
+        "preset": args.preset,
+        "maintenance_window": args.maintenance_window,
+        "success_threshold": args.success_threshold,
+        "failure_threshold": args.failure_threshold,
+        "soak": args.soak,
+        "min_devices": args.min_devices,
+        "stall_timeout": args.stall_timeout,
+        "reboot_timeout": args.reboot_timeout,
+        "poll_interval": args.poll_interval,
+        "silent_polls": args.silent_polls,
+        "retry_failed": args.retry_failed,
+        "retry_backoff": args.retry_backoff,
+        "reason": args.reason,
+    }
+    # Unset options are left out: the server's plan fills them as the local one does.
+    data = operations(args).start_rollout({k: v for k, v in body.items() if v is not None})
+    options = data.get("options") or {}
     extras = []
-    if options.preset:
-        extras.append(f"preset {options.preset}")
-    if options.maintenance_window:
-        extras.append(f"window {options.maintenance_window}")
+    if options.get("preset"):
+        extras.append(f"preset {options['preset']}")
+    if options.get("maintenance_window"):
+        extras.append(f"window {options['maintenance_window']}")
+    waves = data["waves"]
     print(
-        f"started rollout {doc.rollout_id}: {args.hardware} -> {args.version}, "
-        f"{len(waves)} waves ({', '.join(w.name for w in waves)})"
+        f"started rollout {data['rollout_id']}: {args.hardware} -> {args.version}, "
+        f"{len(waves)} waves ({', '.join(w['name'] for w in waves)})"
         + (f"; {'; '.join(extras)}" if extras else "")
     )
     return 0
 
 
-def render_status(status: RolloutStatus) -> str:
-    data = status.to_json()
+def render_status(status: RolloutStatus | dict[str, Any]) -> str:
+    """A rollout's status (``RolloutStatus`` or its JSON) as a head line, a table and notes."""
+    data = status if isinstance(status, dict) else status.to_json()
     head = (
         f"rollout {data['rollout_id']}  {data['hardware_id']} -> {data['version']}  "
         f"state {data['state']}  wave {data['current_wave'] + 1}/{len(data['waves'])}"
@@ -349,51 +352,40 @@ def render_status(status: RolloutStatus) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    ctl = controller(repo, signing=False)
-    if args.rollout_id:
-        statuses = [ctl.status(args.rollout_id)]
-    else:
-        statuses = [ctl.status(r.rollout_id) for r in ctl.store.list_rollouts()]
+    rollouts = operations(args).rollouts(args.rollout_id)
     if args.json:
-        print_json({"rollouts": [s.to_json() for s in statuses]})
-    elif not statuses:
+        print_json({"rollouts": rollouts})
+    elif not rollouts:
         print("no rollouts")
     else:
-        print("\n\n".join(render_status(s) for s in statuses))
+        print("\n\n".join(render_status(r) for r in rollouts))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        events = store.rollout_history(args.rollout_id)
+    data = operations(args).rollout_history(args.rollout_id)
     if args.json:
-        print_json({"rollout_id": args.rollout_id, "events": [e.to_json() for e in events]})
+        print_json(data)
         return 0
     rows = [
-        [e.to_json()["at"], e.kind, e.state, None if e.wave is None else e.wave + 1, e.reason]
-        for e in events
+        [e["at"], e["kind"], e["state"], None if e["wave"] is None else e["wave"] + 1, e["reason"]]
+        for e in data["events"]
     ]
     print(table(["at", "event", "state", "wave", "reason"], rows))
     return 0
 
 
-_ALREADY = {"pause": "paused", "resume": "active"}
-
-
 def cmd_action(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        current = store.get_rollout(args.rollout_id)
-    if _ALREADY.get(args.action) == current.state:
-        # Idempotent: the wanted state holds already; nothing to sign or write.
-        print(f"rollout {current.rollout_id} is already {current.state}")
+    data = operations(args).rollout_action(args.rollout_id, args.action, args.reason)
+    if data.get("already"):
+        print(f"rollout {data['rollout_id']} is already {data['state']}")
         return 0
-    ctl = controller(repo)  # loads the online key before the first write
-    doc = getattr(ctl, args.action)(args.rollout_id, args.reason)
-    ctl.deliver()
-    print(f"rollout {doc.rollout_id}: {doc.state}, wave {doc.current_wave + 1}/{len(doc.waves)}")
+    print(
+        f"rollout {data['rollout_id']}: {data['state']}, "
+        f"wave {data['current_wave'] + 1}/{len(data['waves'])}"
+    )
+    if data.get("published") is False and data.get("message"):
+        print(f"warning: {data['message']}")
     return 0
 
 
@@ -416,8 +408,9 @@ def cmd_tick(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_fleet(status: FleetStatus, exposed_only: bool = False) -> str:
-    data = status.to_json()
+def render_fleet(status: FleetStatus | dict[str, Any], exposed_only: bool = False) -> str:
+    """The fleet's patch status (``FleetStatus`` or its JSON), worst exposure first."""
+    data = status if isinstance(status, dict) else status.to_json()
     order = {"critical": 0, "high": 1, "medium": 2, "low": 3, "unknown": 4, "none": 5}
     devices = sorted(
         data["devices"],
@@ -479,34 +472,31 @@ def render_fleet(status: FleetStatus, exposed_only: bool = False) -> str:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
     if args.hardware:
         check_hardware_id(args.hardware)
-    status = controller(repo, signing=False).fleet_status(
-        hardware_id=args.hardware, catalog=release_catalog(repo.state())
-    )
+    data = operations(args).fleet(args.hardware)
     if args.json:
-        print_json(status.to_json())
+        print_json(data)
     else:
-        print(render_fleet(status, args.exposed))
+        print(render_fleet(data, args.exposed))
     return 0
 
 
 def cmd_alert_list(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        alerts = store.list_alerts(open_only=args.open, rollout_id=args.rollout, limit=args.limit)
+    if not 1 <= args.limit <= 10_000:
+        raise InputError(f"--limit {args.limit} is outside 1-10000")
+    alerts = operations(args).alerts(args.open, args.rollout, args.limit)
     if args.json:
-        print_json({"alerts": [a.to_json() for a in alerts]})
+        print_json({"alerts": alerts})
         return 0
     rows = [
         [
-            a.alert_id,
-            "open" if a.open else "resolved",
-            a.severity,
-            a.kind,
-            a.to_json()["opened_at"],
-            a.summary[:100],
+            a["alert_id"],
+            "open" if a["open"] else "resolved",
+            a["severity"],
+            a["kind"],
+            a["opened_at"],
+            a["summary"][:100],
         ]
         for a in alerts
     ]
@@ -515,98 +505,66 @@ def cmd_alert_list(args: argparse.Namespace) -> int:
 
 
 def cmd_alert_resolve(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    ctl = controller(repo, signing=False)
-    alert = ctl.resolve_alert(args.alert_id, args.reason)
-    ctl.deliver()
-    print(f"alert {alert.alert_id} resolved: {alert.resolution}")
+    alert = operations(args).resolve_alert(args.alert_id, args.reason)
+    print(f"alert {alert['alert_id']} resolved: {alert['resolution']}")
     return 0
 
 
 def cmd_alert_sink(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        settings = store.get_alert_settings()
-        if args.sink_action == "list":
-            rows = [
-                [s.name, s.kind, s.url or s.topic_arn, s.min_severity, s.allow_private]
-                for s in settings.sinks
+    ops = operations(args)
+    if args.sink_action == "list":
+        sinks = ops.alert_settings({})["sinks"]
+        rows = [
+            [
+                s["name"],
+                s["kind"],
+                s["url"] or s["topic_arn"],
+                s["min_severity"],
+                s["allow_private"],
             ]
-            print(
-                table(
-                    ["name", "kind", "target", "min severity", "private ok"],
-                    [["log", "log", "", "info", ""], *rows],
-                )
+            for s in sinks
+        ]
+        print(
+            table(
+                ["name", "kind", "target", "min severity", "private ok"],
+                [["log", "log", "", "info", ""], *rows],
             )
-            return 0
-        if not args.name:
-            raise InputError(f"'alert sink {args.sink_action}' needs a sink name")
-        if args.sink_action == "remove":
-            kept = tuple(s for s in settings.sinks if s.name != args.name)
-            if len(kept) == len(settings.sinks):
-                raise NotFoundError(f"no alert sink named {args.name}")
-            store.set_alert_settings(AlertSettings(kept, *_rest(settings)))
-            print(f"removed alert sink {args.name}")
-            return 0
-        if bool(args.webhook) == bool(args.sns):
-            raise InputError("give exactly one of --webhook URL or --sns TOPIC_ARN")
-        spec = SinkSpec(
-            name=args.name,
-            kind="webhook" if args.webhook else "sns",
-            url=args.webhook,
-            topic_arn=args.sns,
-            region=args.region,
-            endpoint_url=args.endpoint_url,
-            min_severity=args.min_severity,
-            allow_private=args.allow_private,
         )
-        if any(s.name == spec.name for s in settings.sinks):
-            raise InputError(f"an alert sink named {spec.name} exists; remove it first")
-        store.set_alert_settings(AlertSettings((*settings.sinks, spec), *_rest(settings)))
-    print(f"added {spec.kind} alert sink {spec.name}; try it with 'tufota alert test'")
+        return 0
+    if not args.name:
+        raise InputError(f"'alert sink {args.sink_action}' needs a sink name")
+    if args.sink_action == "remove":
+        ops.remove_sink(args.name)
+        print(f"removed alert sink {args.name}")
+        return 0
+    if bool(args.webhook) == bool(args.sns):
+        raise InputError("give exactly one of --webhook URL or --sns TOPIC_ARN")
+    spec = {
+        "name": args.name,
+        "kind": "webhook" if args.webhook else "sns",
+        "url": args.webhook,
+        "topic_arn": args.sns,
+        "region": args.region,
+        "endpoint_url": args.endpoint_url,
+        "min_severity": args.min_severity,
+        "allow_private": args.allow_private,
+    }
+    ops.add_sink(spec)
+    print(f"added {spec['kind']} alert sink {args.name}; try it with 'tufota alert test'")
     return 0
 
 
-def _rest(settings: AlertSettings) -> tuple[int, float, int]:
-    return (
-        settings.patch_grace_seconds,
-        settings.patch_min_cvss,
-        settings.expiry_margin_seconds,
-    )
-
-
 def cmd_alert_settings(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    with SqliteTrackerStore(repo.tracker_path) as store:
-        settings = store.get_alert_settings()
-        changes = (args.patch_grace, args.min_cvss, args.expiry_margin)
-        if any(value is not None for value in changes):
-            settings = AlertSettings(
-                settings.sinks,
-                settings.patch_grace_seconds if args.patch_grace is None else args.patch_grace,
-                settings.patch_min_cvss if args.min_cvss is None else args.min_cvss,
-                settings.expiry_margin_seconds
-                if args.expiry_margin is None
-                else args.expiry_margin,
-            )
-            store.set_alert_settings(settings)
-    print_json(settings.to_json())
+    changes = {
+        "patch_grace_seconds": args.patch_grace,
+        "patch_min_cvss": args.min_cvss,
+        "expiry_margin_seconds": args.expiry_margin,
+    }
+    print_json(operations(args).alert_settings({k: v for k, v in changes.items() if v is not None}))
     return 0
 
 
 def cmd_alert_test(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
-    ctl = controller(repo, signing=False)
-    now = ctl.now()
-    sinks = ctl.store.get_alert_settings().sinks
-    draft = AlertDraft(
-        key=f"test:{now.timestamp():.0f}",
-        kind="test",
-        severity="critical",
-        summary=f"test alert from tufota ({repo.path})",
-    )
-    ctl.store.sync_alerts("test:", [draft], at=now, sinks=sinks)
-    ctl.store.sync_alerts("test:", [], at=now, sinks=sinks, resolution="test over")
-    delivered, failed = ctl.deliver()
-    print(f"test alert: {delivered} notifications delivered, {failed} failed")
-    return 0 if not failed else 1
+    result = operations(args).test_alert()
+    print(f"test alert: {result['delivered']} notifications delivered, {result['failed']} failed")
+    return 0 if not result["failed"] else 1

@@ -40,6 +40,16 @@ SEMANTIC_CHECKS = [
         "'complete' needs a reason while the other actions do not: one path, one schema",
     ),
     ("/api/v1/releases", "", "a bundle must be a tar of metadata signed by the release keys"),
+    (
+        "/api/v1/alert-settings/sinks",
+        "POST",
+        "a webhook needs an http(s) URL and an SNS sink a topic ARN, by kind",
+    ),
+    (
+        "/api/v1/devices/{device_id}/tags",
+        "PUT",
+        "a tag may not be both added and removed, and a device has at most max_tags tags",
+    ),
 ]
 
 

@@ -1,0 +1,349 @@
+"""Every operator command against a real server on loopback, from a directory with no repository.
+
+The server is the real app on 127.0.0.1 port 0 with a real tracker, real
+signed releases and real tokens. Local mode (``--repo``) and remote mode
+(``--server``/``--token``) must print the same ``--json``; a token whose role
+may not do something exits 3 and changes nothing (tracker, tokens and the
+published tree compared byte for byte before and after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from securesystemslib.signer import CryptoSigner
+
+from repo_server import ServerContext, ServerThread, TokenStore, create_app
+from staging import RolloutController, SqliteTrackerStore
+from tests.conftest import ask
+from tests.dashboard.conftest import HW, Plant, make_repo
+from tufota_cli.main import main
+
+
+@pytest.fixture
+def plant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plant]:
+    """Releases 1.0.0-1.2.0 of gw-100, two devices with reports, a rollout; cwd is empty."""
+    repo = make_repo(tmp_path)
+    publisher = repo.publisher(ask)
+    store = SqliteTrackerStore(repo.tracker_path)
+    ctx = ServerContext(
+        publisher,
+        store,
+        RolloutController(store, publisher),
+        tokens=TokenStore(repo.tokens_path),
+        storage_url=repo.storage_url,
+    )
+    p = Plant(repo, ctx, ServerThread(create_app(ctx, background=False)).start())
+    p.add_device("dev-1", tags=("canary",))
+    p.add_device("dev-2")
+    rid = p.start()
+    p.report("dev-1", "downloading", target_version="1.2.0", rollout_id=rid)
+    empty = tmp_path / "laptop"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("TUFOTA_SERVER", "TUFOTA_TOKEN", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        yield p
+    finally:
+        p.thread.stop()
+        store.close()
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rollout_id(p: Plant) -> str:
+    return p.ctx.store.list_rollouts()[0].rollout_id
+
+
+READS = (
+    ("rollout", "status"),
+    ("rollout", "status", "{rid}"),
+    ("rollout", "history", "{rid}"),
+    ("fleet", "status"),
+    ("device", "list"),
+    ("device", "show", "dev-1"),
+    ("alert", "list"),
+    ("token", "list"),
+    ("release", "list"),
+    ("release", "show", HW, "1.2.0"),
+    ("repo", "status"),
+)
+
+
+def _without_clock(data: Any) -> Any:
+    # Seconds left until expiry tick between the two calls; everything else must agree.
+    if isinstance(data, dict):
+        return {k: _without_clock(v) for k, v in data.items() if k != "seconds_left"}
+    if isinstance(data, list):
+        return [_without_clock(v) for v in data]
+    return data
+
+
+@pytest.mark.parametrize("command", READS, ids=lambda c: " ".join(c))
+def test_local_and_remote_json_agree(
+    plant: Plant, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    argv = [w.format(rid=_rollout_id(plant)) for w in command]
+    plant.auth("viewer")
+    # Token management is an operator's; every other read a viewer's.
+    role = "operator" if command[0] == "token" else "viewer"
+    token = plant.auth(role)["Authorization"].split()[1]
+    code, local, err = _run(capsys, *argv, "--repo", str(plant.repo.path), "--json")
+    assert code == 0, err
+    code, remote, err = _run(capsys, *argv, "--server", plant.url, "--token", token, "--json")
+    assert code == 0, err
+    assert _without_clock(json.loads(remote)) == _without_clock(json.loads(local))
+    assert json.loads(remote), "an empty answer would agree trivially"
+    # The human output is made from the same data.
+    code, text, err = _run(capsys, *argv, "--server", plant.url, "--token", token)
+    assert code == 0, err
+    assert text.strip()
+
+
+def _state(p: Plant) -> dict[str, str]:
+    """What a refused command must not change: tracker rows, tokens, the published tree."""
+    with sqlite3.connect(p.repo.tracker_path) as db:
+        dump = "\n".join(db.iterdump())
+    tree = {
+        str(f.relative_to(p.repo.path)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted((p.repo.path / "public").rglob("*"))
+        if f.is_file()
+    }
+    return {
+        "tracker": hashlib.sha256(dump.encode()).hexdigest(),
+        "tokens": p.repo.tokens_path.read_text(),
+        "tree": json.dumps(tree, sort_keys=True),
+    }
+
+
+def _writes(p: Plant, pubkey: Path) -> list[list[str]]:
+    rid = _rollout_id(p)
+    return [
+        ["rollout", "pause", rid],
+        ["rollout", "resume", rid],
+        ["rollout", "advance", rid],
+        ["rollout", "complete", rid, "--reason", "enough"],
+        ["rollout", "abort", rid],
+        ["rollout", "start", "--hardware", HW, "--version", "1.1.0", "--waves", "100%"],
+        ["device", "register", "dev-new", "--hardware", HW, "--pubkey", str(pubkey)],
+        ["device", "accept", "dev-1"],
+        ["device", "revoke", "dev-2"],
+        ["device", "tags", "dev-2", "--add", "pilot", "--reason", "second wave"],
+        ["alert", "resolve", "1"],
+        ["alert", "sink", "add", "hook", "--webhook", "https://alerts.example.com/hook"],
+        ["alert", "sink", "remove", "hook"],
+        ["alert", "settings", "--min-cvss", "8"],
+        ["alert", "test"],
+        ["token", "create", "--name", "laptop", "--role", "viewer"],
+        ["token", "revoke", "deadbeef"],
+    ]
+
+
+def _pubkey(tmp: Path) -> Path:
+    signer = CryptoSigner.generate_ed25519()
+    path = tmp / "device.pub"
+    path.write_text(json.dumps({"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}))
+    return path
+
+
+@pytest.mark.parametrize("role", ["viewer", "uploader"])
+def test_a_role_that_may_not_write_exits_3_and_changes_nothing(
+    plant: Plant, capsys: pytest.CaptureFixture[str], tmp_path: Path, role: str
+) -> None:
+    token = plant.token(role)
+    pubkey = _pubkey(tmp_path)
+    before = _state(plant)
+    for argv in _writes(plant, pubkey):
+        code, out, err = _run(capsys, *argv, "--server", plant.url, "--token", token)
+        assert code == 3, (argv, out, err)
+        assert err.count("\n") == 1
+        assert "needs an operator token" in err
+        assert _state(plant) == before, argv
+
+
+def test_an_uploader_token_may_not_read(plant: Plant, capsys: pytest.CaptureFixture[str]) -> None:
+    token = plant.token("uploader")
+    for command in READS:
+        argv = [w.format(rid=_rollout_id(plant)) for w in command]
+        code, _, err = _run(capsys, *argv, "--server", plant.url, "--token", token)
+        assert code == 3, (argv, err)
+        assert "refused by authorisation" in err
+
+
+def test_an_operator_token_does_every_write(
+    plant: Plant, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    token = plant.token("operator")
+    server = ["--server", plant.url, "--token", token]
+    rid = _rollout_id(plant)
+    plant.ctx.controller.tick()  # opens alerts, if any, as the server would
+    outputs = {}
+    for argv in _writes(plant, _pubkey(tmp_path)):
+        if argv[:2] == ["alert", "resolve"]:
+            continue  # needs an open alert: below
+        if argv[:2] == ["token", "revoke"]:
+            continue  # needs the created token's id: below
+        if argv[:2] == ["rollout", "abort"]:
+            continue  # the rollout is completed by then
+        code, out, err = _run(capsys, *argv, *server)
+        assert code == 0, (argv, err)
+        outputs[" ".join(argv[:2])] = out
+    assert plant.store.get_rollout(rid).state == "completed"
+    assert "paused" in outputs["rollout pause"]
+    assert "active" in outputs["rollout resume"]
+    assert plant.store.get_device("dev-new").status == "pending"
+    assert plant.store.get_device("dev-2").status == "revoked"
+    assert plant.store.get_device("dev-2").tags == ("pilot",)
+    history = plant.store.device_history("dev-2")
+    assert any(e.kind == "tags" and e.reason == "second wave" for e in history)
+    assert plant.store.get_alert_settings().patch_min_cvss == 8.0
+    assert plant.store.get_alert_settings().sinks == ()
+    started = plant.store.active_rollout(HW)
+    assert started is not None
+    assert started.version == "1.1.0"
+    # The new viewer token works, and an operator can revoke it.
+    created = outputs["token create"].strip()
+    assert _run(capsys, "rollout", "status", "--server", plant.url, "--token", created)[0] == 0
+    token_id = created.split("_")[1]
+    assert _run(capsys, "token", "revoke", token_id, *server)[0] == 0
+    assert _run(capsys, "rollout", "status", "--server", plant.url, "--token", created)[0] == 3
+    code, out, err = _run(capsys, "rollout", "abort", started.rollout_id, *server)
+    assert code == 0, err
+    assert "aborted" in out
+    # --watch keeps exit 4 for an aborted rollout in remote mode.
+    watch = ["rollout", "status", started.rollout_id, "--watch", "--interval", "0.05"]
+    assert _run(capsys, *watch, *server)[0] == 4
+
+
+def test_an_operator_may_not_mint_an_uploader_token(
+    plant: Plant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = plant.token("operator")
+    before = _state(plant)
+    code, out, err = _run(
+        capsys, "token", "create", "--name", "ci", "--role", "uploader",
+        "--server", plant.url, "--token", token,
+    )  # fmt: skip
+    assert code == 3
+    assert out == ""
+    assert "server's host" in err
+    assert _state(plant) == before
+
+
+def test_an_unreachable_server_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with _closed_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        code, out, err = _run(capsys, "rollout", "status", "--server", url, "--token", "t")
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert url in err
+    assert "cannot reach" in err
+
+
+class _closed_port:  # noqa: N801 - a context manager read as a phrase
+    """A loopback port nobody listens on (bound, never listening, while in use)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def test_repo_and_server_together_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["rollout", "status", "--repo", "r", "--server", "http://x"])
+    assert exit_.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_no_repository_and_no_server_says_how_to_give_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("TUFOTA_SERVER", raising=False)
+    code, _, err = _run(capsys, "fleet", "status")
+    assert code == 1
+    assert "tufota login" in err
+    assert err.count("\n") == 1
+
+
+def test_login_saves_a_0600_profile_and_flags_beat_env_beat_profile(
+    plant: Plant, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = plant.token("viewer")
+    code, out, err = _run(capsys, "login", "--server", plant.url, "--token", token)
+    assert code == 0, err
+    path = Path(os.environ["XDG_CONFIG_HOME"]) / "tufota" / "profiles.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert token in path.read_text()
+    # The active profile alone is enough.
+    code, out, err = _run(capsys, "rollout", "status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["rollouts"]
+    code, out, _ = _run(capsys, "profile", "list")
+    assert plant.url in out
+    assert token not in out
+    # The environment beats the profile: a dead server named there is what fails.
+    with _closed_port() as port:
+        dead = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("TUFOTA_SERVER", dead)
+        code, _, err = _run(capsys, "rollout", "status")
+        assert code == 1
+        assert dead in err
+        # A flag beats the environment; the profile's token goes with its own server only.
+        code, _, err = _run(capsys, "rollout", "status", "--server", plant.url)
+        assert code == 0, err
+        code, _, err = _run(
+            capsys, "rollout", "status", "--server", plant.url.replace("127.0.0.1", "localhost")
+        )
+        assert code == 3
+        assert "refused the token" in err
+        code, _, err = _run(capsys, "rollout", "status", "--profile", "default")
+        assert code == 0, err
+    # Switching to a profile that does not exist changes nothing.
+    code, _, err = _run(capsys, "profile", "use", "prod")
+    assert code == 1
+    assert "no profile named prod" in err
+    # Login against a server that cannot be reached saves nothing.
+    saved = path.read_text()
+    with _closed_port() as port:
+        code, _, err = _run(
+            capsys, "login", "--server", f"http://127.0.0.1:{port}", "--token", "t",
+            "--profile", "other",
+        )  # fmt: skip
+    assert code == 1
+    assert path.read_text() == saved
+
+
+def test_a_profile_file_others_can_read_is_refused(
+    plant: Plant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(capsys, "login", "--server", plant.url, "--token", plant.token("viewer"))[0] == 0
+    path = Path(os.environ["XDG_CONFIG_HOME"]) / "tufota" / "profiles.json"
+    path.chmod(0o644)
+    code, _, err = _run(capsys, "rollout", "status")
+    assert code == 1
+    assert "chmod 600" in err

@@ -1,0 +1,221 @@
+"""The CLI's HTTP client for remote mode: one server URL, one bearer token.
+
+Invariants:
+
+* Every request has a connect and a read timeout and a cap on the response
+  body (``ClientLimits``); a larger answer is refused, not buffered.
+* TLS is verified against ``--ca-bundle`` (or the profile's) when given, and
+  that choice beats ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, as the device
+  agent does; otherwise those variables, else requests' bundle.
+* Every failure is one line: 401/403 raise ``RefusedError`` (exit 3) naming
+  the role the command needs; an unreachable server raises
+  ``TransportError`` naming the URL (exit 1); 4xx with the server's
+  ``{"error", "message"}`` body map to the project's errors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from tufota_core import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    TransportError,
+    TufotaError,
+)
+
+EXIT_REFUSED = 3
+USER_AGENT = "tufota-cli/0.1"
+
+
+class RefusedError(TufotaError):
+    """The server refused the token (401) or its role (403); nothing changed. Exit 3."""
+
+    exit_code = EXIT_REFUSED
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Timeouts and the response cap of the CLI's HTTP client.
+
+    Attributes:
+        connect_timeout: seconds to open the connection.
+        read_timeout: seconds between bytes of an answer (uploads: ``upload_timeout``).
+        upload_timeout: seconds for a release bundle upload.
+        max_response_bytes: the largest answer read (fleet status of a large fleet fits).
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    upload_timeout: float = 300.0
+    max_response_bytes: int = 64 * 1024 * 1024
+
+
+class _PinnedCASession(requests.Session):
+    """A session whose own ``verify`` beats ``REQUESTS_CA_BUNDLE`` (psf/requests#3829)."""
+
+    def merge_environment_settings(  # type: ignore[override]
+        self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None:
+            settings["verify"] = self.verify
+        return settings
+
+
+def check_server_url(url: str) -> str:
+    """``url`` without a trailing slash. Raises InputError unless it is http(s)://HOST[:PORT]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"server URL {url!r} is not http(s)://HOST[:PORT]")
+    if parts.query or parts.fragment:
+        raise InputError(f"server URL {url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+class ApiClient:
+    """JSON requests to one tufota server with one token."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        ca_bundle: str | None = None,
+        limits: ClientLimits | None = None,
+    ) -> None:
+        self.server = check_server_url(server)
+        self.limits = limits or ClientLimits()
+        self._token = token
+        if ca_bundle is not None and not Path(ca_bundle).is_file():
+            raise NotFoundError(f"CA bundle {ca_bundle} does not exist")
+        self._session = _PinnedCASession() if ca_bundle else requests.Session()
+        self._session.verify = ca_bundle if ca_bundle else True
+        self._session.headers["User-Agent"] = USER_AGENT
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        role: str,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        data: BinaryIO | None = None,
+        ok: tuple[int, ...] = (200, 201, 202),
+    ) -> tuple[int, Any]:
+        """Send one request; the status and the decoded JSON answer.
+
+        ``role`` is the least role the call needs, named in a refusal.
+
+        Raises:
+            RefusedError: 401 or 403.
+            TransportError: the server cannot be reached, timed out, or answered
+                something that is not JSON or is larger than the cap.
+            NotFoundError, ConflictError, InputError: 404, 409, other 4xx.
+        """
+        url = self.server + path
+        headers = {"Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if data is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        read = self.limits.upload_timeout if data is not None else self.limits.read_timeout
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            with self._session.request(
+                method,
+                url,
+                params=query,
+                json=body,
+                data=data,
+                headers=headers,
+                timeout=(self.limits.connect_timeout, read),
+                stream=True,
+                allow_redirects=False,
+            ) as response:
+                raw = self._read(response, url)
+                status = response.status_code
+        except requests.ConnectionError as e:
+            raise TransportError(f"cannot reach the server at {self.server}: {_short(e)}") from e
+        except requests.Timeout as e:
+            raise TransportError(f"the server at {self.server} did not answer in time") from e
+        except requests.RequestException as e:
+            raise TransportError(f"request to {url} failed: {_short(e)}") from e
+        try:
+            answer = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            answer = None
+        if status in ok and answer is not None:
+            return status, answer
+        raise _error(status, answer, f"{method} {path}", role, self.server)
+
+    def _read(self, response: requests.Response, url: str) -> bytes:
+        cap = self.limits.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise TransportError(f"the answer from {url} is larger than {cap} bytes")
+        chunks, size = [], 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise TransportError(f"the answer from {url} is larger than {cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def get(self, path: str, role: str = "viewer", **params: Any) -> Any:
+        return self.request("GET", path, role=role, params=params)[1]
+
+    def post(self, path: str, body: dict[str, Any] | None = None, role: str = "operator") -> Any:
+        return self.request("POST", path, role=role, body=body or {})[1]
+
+
+def segment(text: str) -> str:
+    """``text`` quoted as one URL path segment (an id never walks the path)."""
+    return quote(text, safe="")
+
+
+def _short(e: Exception) -> str:
+    # requests nests urllib3's reason several levels deep; the last part says why.
+    text = str(e).replace("\n", " ")
+    for marker in ("Failed to establish a new connection: ", "Caused by "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.strip(" ()'\"")[:200] or type(e).__name__
+
+
+def _a(role: str) -> str:
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
+
+
+def _error(status: int, answer: Any, what: str, role: str, server: str) -> TufotaError:
+    message = ""
+    if isinstance(answer, dict):
+        message = str(answer.get("message") or answer.get("detail") or "")[:300]
+    if status == 401:
+        return RefusedError(
+            f"{what}: the server at {server} refused the token"
+            f"{f' ({message})' if message else ''}; this needs {_a(role)} token "
+            "(--token, TUFOTA_TOKEN or 'tufota login')"
+        )
+    if status == 403:
+        return RefusedError(
+            f"{what}: refused by authorisation"
+            f"{f' ({message})' if message else ''}; this needs {_a(role)} token"
+        )
+    if status == 404:
+        return NotFoundError(message or f"{what}: not found on {server}")
+    if status == 409:
+        return ConflictError(message or f"{what}: conflict")
+    if 400 <= status < 500:
+        return InputError(message or f"{what}: the server refused the request (HTTP {status})")
+    return TransportError(
+        f"{what}: the server at {server} answered HTTP {status}"
+        + (f": {message}" if message else "")
+    )
