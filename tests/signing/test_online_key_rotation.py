@@ -273,6 +273,10 @@ def test_rollouts_rotation_moves_the_delegation_to_the_new_key(fleet: Fleet) -> 
     # The same document signed with the new key is followed.
     fleet.forge(fleet.rollout(target), fleet.signer(new), online)
     assert fleet.installs() is True
+    # The restarted server re-signs the role with the new key (its own passphrase).
+    assert fleet.ctx is not None
+    assert "rollouts" in fleet.ctx.publisher.refresh_online(margin=timedelta(days=400))
+    assert list(fleet.repo.state().roles["rollouts"].signatures) == [load_public_key(new).keyid]
 
 
 def test_refused_root_rotations_change_nothing(
