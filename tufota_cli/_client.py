@@ -93,6 +93,7 @@ class ApiClient:
         self.server = check_server_url(server)
         self.limits = limits or ClientLimits()
         self._token = token
+        self.has_token = bool(token)
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             raise NotFoundError(f"CA bundle {ca_bundle} does not exist")
         self._session = _PinnedCASession() if ca_bundle else requests.Session()
@@ -200,14 +201,14 @@ def _error(status: int, answer: Any, what: str, role: str, server: str) -> Tufot
         message = str(answer.get("message") or answer.get("detail") or "")[:300]
     if status == 401:
         return RefusedError(
-            f"{what}: the server at {server} refused the token"
-            f"{f' ({message})' if message else ''}; this needs {_a(role)} token "
+            f"{what}: the server at {server} refused the token (HTTP 401"
+            f"{f': {message}' if message else ''}); this needs {_a(role)} token "
             "(--token, TUFOTA_TOKEN or 'tufota login')"
         )
     if status == 403:
         return RefusedError(
-            f"{what}: refused by authorisation"
-            f"{f' ({message})' if message else ''}; this needs {_a(role)} token"
+            f"{what}: refused by authorisation (HTTP 403"
+            f"{f': {message}' if message else ''}); this needs {_a(role)} token"
         )
     if status == 404:
         return NotFoundError(message or f"{what}: not found on {server}")

@@ -34,7 +34,7 @@ from repo_server._opsdata import (
     send_test_alert,
 )
 from tufota_cli import _profiles
-from tufota_cli._client import ApiClient, segment
+from tufota_cli._client import ApiClient, ClientLimits, segment
 from tufota_core import InputError, NotFoundError, format_time, utcnow
 
 if TYPE_CHECKING:
@@ -113,6 +113,16 @@ def operations(args: argparse.Namespace) -> Operations:
         return LocalOperations(Repository.locate(args.repo, getattr(args, "state_dir", None)))
     if getattr(args, "state_dir", None):
         raise InputError("--state-dir goes with --repo s3://BUCKET/PREFIX")
+    return RemoteOperations(remote_client(args))
+
+
+def remote_client(args: argparse.Namespace, limits: ClientLimits | None = None) -> ApiClient:
+    """The API client ``--server``/``--profile``, ``TUFOTA_SERVER`` or the active profile names.
+
+    Raises:
+        InputError: no server is named anywhere.
+        NotFoundError: a named profile or the CA bundle does not exist.
+    """
     server = getattr(args, "server", None)
     chosen = None
     if not server and getattr(args, "profile", None):
@@ -137,7 +147,7 @@ def operations(args: argparse.Namespace) -> Operations:
         or (chosen.get("token") if chosen else None)
     )
     ca = getattr(args, "ca_bundle", None) or (chosen.get("ca_bundle") if chosen else None)
-    return RemoteOperations(ApiClient(server, token, ca or None))
+    return ApiClient(server, token, ca or None, limits)
 
 
 class LocalOperations:

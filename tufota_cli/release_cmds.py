@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import requests
 from tuf.api.metadata import Metadata, Targets
 
 from repo_server import Repository, add_release_locally
@@ -40,8 +37,9 @@ from signing import (
     verify_bundle,
     write_bundle,
 )
-from tufota_cli._client import RefusedError
+from tufota_cli._client import ClientLimits
 from tufota_cli._common import open_repo, passphrase_source
+from tufota_cli._ops import remote_client
 from tufota_cli.ops_cmds import add_release_reads
 from tufota_cli.signing_cmds import (
     add_source_args,
@@ -59,7 +57,6 @@ from tufota_core import (
     FirmwareInfo,
     InputError,
     NotFoundError,
-    TransportError,
     Version,
     check_hardware_id,
     format_time,
@@ -197,8 +194,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = rsub.add_parser("upload", help="send an upload bundle to the repository server")
     p.add_argument("bundle", metavar="BUNDLE")
-    p.add_argument("--server", required=True, help="server URL, e.g. https://ota.example.com")
+    p.add_argument(
+        "--server",
+        default=None,
+        help="server URL, e.g. https://ota.example.com (default: $TUFOTA_SERVER or the profile)",
+    )
     p.add_argument("--token", default=None, help=f"uploader API token (default: ${TOKEN_ENV})")
+    p.add_argument("--profile", default=None, help="a profile saved by 'tufota login'")
     p.add_argument("--ca-bundle", default=None, help="CA certificates to trust for HTTPS")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
     p.set_defaults(func=cmd_upload)
@@ -403,48 +405,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     path = Path(args.bundle)
-    token = args.token or os.environ.get(TOKEN_ENV)
-    if not token:
-        raise InputError(f"give an uploader token with --token or {TOKEN_ENV}")
     with read_bundle(path):  # refuse a malformed bundle before it leaves the machine
         pass
-    url = args.server.rstrip("/") + "/api/v1/releases"
-    verify: bool | str = args.ca_bundle if args.ca_bundle else True
-    if args.ca_bundle and not Path(args.ca_bundle).is_file():
-        raise NotFoundError(f"CA bundle {args.ca_bundle} does not exist")
-    try:
-        with path.open("rb") as body:
-            response = requests.post(
-                url,
-                data=body,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/octet-stream",
-                },
-                timeout=args.timeout,
-                verify=verify,
-            )
-    except requests.RequestException as e:
-        raise TransportError(f"cannot reach {url}: {e}") from e
-    try:
-        body_json: Any = response.json()
-    except ValueError:
-        body_json = None
-    if response.status_code in (200, 201):
-        published = isinstance(body_json, dict) and body_json.get("published", True)
-        message = body_json.get("message") if isinstance(body_json, dict) else None
-        if response.status_code == 201 and published:
-            print(message or f"published {path.name}")
-        else:
-            print(message or f"{path.name} was already published; nothing changed")
-        return 0
-    if isinstance(body_json, dict) and "message" in body_json:
-        detail = f"{body_json.get('error', 'error')}: {body_json['message']}"
-    else:
-        detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
-    if response.status_code in (401, 403):  # exit 3: refused by authorisation, nothing changed
-        raise RefusedError(
-            f"the server refused the upload (HTTP {response.status_code}) {detail}; "
-            "this needs an uploader token"
+    # --server/--token, else TUFOTA_SERVER/TUFOTA_TOKEN, else the active profile (tufota login).
+    client = remote_client(args, ClientLimits(upload_timeout=args.timeout))
+    if not client.has_token:
+        raise InputError(f"give an uploader token with --token, {TOKEN_ENV} or 'tufota login'")
+    with path.open("rb") as body:
+        status, answer = client.request(
+            "POST", "/api/v1/releases", role="uploader", data=body, ok=(200, 201)
         )
-    raise TransportError(f"the server refused the upload (HTTP {response.status_code}) {detail}")
+    published = isinstance(answer, dict) and answer.get("published", True)
+    message = answer.get("message") if isinstance(answer, dict) else None
+    if status == 201 and published:
+        print(message or f"published {path.name}")
+    else:
+        print(message or f"{path.name} was already published; nothing changed")
+    return 0

@@ -122,6 +122,10 @@
     return h("a", { href: `#/devices/${encodeURIComponent(id)}`, class: "device", text: id });
   }
 
+  function releaseLink(hw) {
+    return h("a", { href: `#/releases/${encodeURIComponent(hw)}`, class: "mono release", text: hw });
+  }
+
   function rolloutLink(id) {
     return h("a", { href: `#/rollouts/${encodeURIComponent(id)}`, text: id });
   }
@@ -162,6 +166,7 @@
     const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
     if (parts[0] === "rollouts" && parts[1]) return { view: "rollout", id: decodeURIComponent(parts[1]) };
     if (parts[0] === "devices" && parts[1]) return { view: "device", id: decodeURIComponent(parts[1]) };
+    if (parts[0] === "releases" && parts[1]) return { view: "release", id: decodeURIComponent(parts[1]) };
     return { view: "overview" };
   }
 
@@ -170,6 +175,7 @@
     const items = [h("a", { href: "#/", text: "overview" })];
     if (r.view === "rollout") items.push(" / rollout ", h("span", { class: "mono", text: r.id }));
     if (r.view === "device") items.push(" / device ", h("span", { class: "mono", text: r.id }));
+    if (r.view === "release") items.push(" / releases ", h("span", { class: "mono", text: r.id }));
     nav.replaceChildren(...items);
   }
 
@@ -193,6 +199,10 @@
       } else if (r.view === "device") {
         const data = await api(`/api/v1/devices/${encodeURIComponent(r.id)}`);
         render = () => renderDevicePage(data, r.id);
+      } else if (r.view === "release") {
+        // The data of 'tufota release list --hardware HW'.
+        const data = await api(`/api/v1/release-lines?hardware_id=${encodeURIComponent(r.id)}`);
+        render = () => renderReleasePage(data, r.id);
       } else {
         const data = await api("/api/v1/dashboard");
         state.poll = data.poll_seconds || state.poll;
@@ -520,7 +530,7 @@
         legend.append(h("li", { "data-version": version }, h("span", { class: `swatch ${cls}` }), `${version}${latest ? " (latest)" : ""}: ${n} (${pct(n, total)})`));
       });
       return h("div", { class: "hw", "data-hardware": hw.hardware_id },
-        h("h3", {}, h("span", { class: "mono", text: hw.hardware_id }), h("span", { class: "muted", text: ` · ${total} devices · latest ${hw.latest_version || "–"}` })),
+        h("h3", {}, releaseLink(hw.hardware_id), h("span", { class: "muted", text: ` · ${total} devices · latest ${hw.latest_version || "–"}` })),
         bar, legend);
     });
   }
@@ -657,11 +667,37 @@
           fact("last seen", utc(d.last_seen)),
           fact("last error", d.error_code ? `${d.error_code}: ${d.error_message}` : d.failed_code ? `${d.failed_code}: ${d.failed_message}` : "–"),
           fact("last failure", d.failed_state ? `${d.failed_state} ${d.failed_version || ""} at ${utc(d.failed_at)}${d.failed_code ? ` (${d.failed_code}: ${d.failed_message})` : ""}` : "–"),
-          fact("downloads", transferText(data.transfers || [])))),
+          fact("downloads", transferText(data.transfers || [])),
+          fact("on the CLI", `tufota device show ${d.device_id}`))),
       h("section", { class: "card", id: "reports" },
         h("h2", { text: "Report history (newest first)" }),
         rows.length ? table(["time", "event", "state", "version", "rollout", "#seq", "reason"], rows, "events") : h("p", { class: "muted", text: "No reports yet." })),
     );
+  }
+
+  function renderReleasePage(data, hw) {
+    const line = data.lines[0];
+    if (!line) {
+      $("main").replaceChildren(h("section", { class: "card", id: "releases", "data-hardware": hw },
+        h("h2", {}, "Releases of ", h("span", { class: "mono", text: hw })),
+        h("p", { class: "muted", text: "No signed releases for this hardware id." })));
+      return;
+    }
+    const rows = line.releases.slice().reverse().map((r) => h("tr", { "data-version": r.version },
+      h("td", { class: "mono", text: r.version }),
+      h("td", {}, badge(r.severity, r.severity)),
+      h("td", { class: "num", text: r.cvss === null ? "" : Number(r.cvss).toFixed(1) }),
+      h("td", { text: r.fixes.join(" ") }),
+      h("td", { text: r.released ? utc(r.released) : "–" }),
+      h("td", { class: "mono", text: (r.sha256 || "").slice(0, 16) })));
+    $("main").replaceChildren(
+      h("section", { class: "card", id: "releases", "data-hardware": hw },
+        h("h2", {}, "Releases of ", h("span", { class: "mono", text: line.hardware_id })),
+        h("dl", { class: "facts" },
+          fact("role", `${line.role} v${line.role_version}`),
+          fact("signed by", line.signing_keys.join(", ") || "–"),
+          fact("on the CLI", `tufota release list --hardware ${line.hardware_id}`)),
+        table(["version", "severity", "cvss", "fixes", "released", "sha256"], rows, "release-table")));
   }
 
   // -- operator actions ------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def test_a_role_that_may_not_write_exits_3_and_changes_nothing(
         assert code == 3, (argv, out, err)
         assert err.count("\n") == 1
         assert "needs an operator token" in err
+        assert "HTTP 403" in err
         assert _state(plant) == before, argv
 
 
@@ -347,3 +348,77 @@ def test_a_profile_file_others_can_read_is_refused(
     code, _, err = _run(capsys, "rollout", "status")
     assert code == 1
     assert "chmod 600" in err
+
+
+def test_ca_bundle_beats_requests_ca_bundle_and_is_kept_in_the_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.repo_server.test_api import _tls_files
+
+    repo = make_repo(tmp_path)
+    publisher = repo.publisher(ask)
+    store = SqliteTrackerStore(repo.tracker_path)
+    tokens = TokenStore(repo.tokens_path)
+    ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
+    ca, cert, key = _tls_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("TUFOTA_SERVER", raising=False)
+    monkeypatch.delenv("TUFOTA_TOKEN", raising=False)
+    # requests lets these override a session's bundle (psf/requests#3829): ours must win.
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(name, "/etc/ssl/certs/ca-certificates.crt")
+    token = tokens.create("laptop", "viewer")
+    try:
+        app = create_app(ctx, background=False)
+        with ServerThread(app, tls_cert=str(cert), tls_key=str(key)) as thread:
+            server = ["--server", thread.url, "--token", token]
+            code, _, err = _run(capsys, "release", "list", *server)
+            assert code == 1
+            assert thread.url in err
+            code, out, err = _run(capsys, "release", "list", *server, "--ca-bundle", str(ca))
+            assert code == 0, err
+            assert "1.2.0" in out
+            login = ["login", "--server", thread.url, "--token", token, "--ca-bundle", str(ca)]
+            assert _run(capsys, *login)[0] == 0
+            code, out, err = _run(capsys, "release", "show", HW, "1.2.0", "--json")
+            assert code == 0, err
+            assert json.loads(out)["fixes"] == ["CVE-2026-2222"]
+    finally:
+        store.close()
+
+
+def test_release_upload_takes_the_server_and_token_from_the_environment(
+    plant: Plant,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    passphrase_env: str,
+) -> None:
+    image = tmp_path / "fw-2.0.0.img"
+    image.write_bytes(b"release 2.0.0\n" * 500)
+    bundle = tmp_path / "rel.tar.gz"
+    key = str(plant.repo.signing_dir / "release-gw-100.key")
+    sign = ["release", "sign", str(image), "--hardware", HW, "--version", "2.0.0", "--key", key]
+    code, _, err = _run(
+        capsys, *sign, "--repo", str(plant.repo.path), "--out", str(bundle), "--yes"
+    )
+    assert code == 0, err
+    monkeypatch.setenv("TUFOTA_SERVER", plant.url)
+    monkeypatch.setenv("TUFOTA_TOKEN", plant.token("operator"))
+    before = _state(plant)
+    code, _, err = _run(capsys, "release", "upload", str(bundle))
+    assert code == 3, err
+    assert "needs an uploader token" in err
+    assert _state(plant) == before
+    monkeypatch.setenv("TUFOTA_TOKEN", plant.token("uploader"))
+    code, out, err = _run(capsys, "release", "upload", str(bundle))
+    assert code == 0, err
+    assert "published" in out
+    assert any(line["releases"][-1]["version"] == "2.0.0" for line in _lines(plant))
+
+
+def _lines(plant: Plant) -> list[dict[str, Any]]:
+    from repo_server._opsdata import release_lines
+
+    return release_lines(plant.ctx.publisher.state())
