@@ -222,6 +222,16 @@ def test_an_operator_token_does_every_write(
     token_id = created.split("_")[1]
     assert _run(capsys, "token", "revoke", token_id, *server)[0] == 0
     assert _run(capsys, "rollout", "status", "--server", plant.url, "--token", created)[0] == 3
+    # An open alert is resolved remotely, with the reason kept.
+    from staging import AlertDraft
+    from tufota_core import utcnow
+
+    draft = AlertDraft(key="test:remote", kind="test", severity="warning", summary="remote")
+    plant.store.sync_alerts("test:", [draft], at=utcnow(), sinks=())
+    alert_id = plant.store.list_alerts(open_only=True)[0].alert_id
+    code, out, err = _run(capsys, "alert", "resolve", str(alert_id), "--reason", "seen", *server)
+    assert code == 0, err
+    assert not plant.store.list_alerts(open_only=True)
     code, out, err = _run(capsys, "rollout", "abort", started.rollout_id, *server)
     assert code == 0, err
     assert "aborted" in out
