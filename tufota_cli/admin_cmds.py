@@ -6,22 +6,20 @@ import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from repo_server import (
-    ROLES,
-    S3Location,
-    S3Storage,
-    Storage,
-    is_s3_url,
-    verify_repository,
-)
 from staging import parse_duration
 from tufota_cli._common import print_json, table
 from tufota_cli._ops import add_target_arguments, operations
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
 from tufota_core import InputError, NotFoundError, VerificationError
 
+if TYPE_CHECKING:
+    from repo_server import Storage
+
+# As repo_server._auth.ROLES, without importing fastapi: 'token' and 'repo status' run
+# remotely on the base install (a test keeps the two equal).
+ROLES = ("viewer", "operator", "uploader")
 ONLINE = ("timestamp", "snapshot", "rollouts")
 _MAX_TOKEN_LIFETIME = 5 * 365 * 86400
 
@@ -74,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _storage_for_verify(args: argparse.Namespace) -> Storage:
+    from repo_server import S3Location, S3Storage, is_s3_url
+
     if is_s3_url(args.repo) and args.state_dir is None:
         # Verification needs no keys: the bucket alone will do.
         return S3Storage(S3Location.parse(args.repo), endpoint_url=args.s3_endpoint_url)
@@ -87,6 +87,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise NotFoundError(f"trusted root {path} does not exist")
         trusted = path.read_bytes()
+    from repo_server import verify_repository
+
     report = verify_repository(_storage_for_verify(args), trusted)
     if args.json:
         print_json(report.to_json())

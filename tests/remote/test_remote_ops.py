@@ -432,3 +432,48 @@ def _lines(plant: Plant) -> list[dict[str, Any]]:
     from repo_server._opsdata import release_lines
 
     return release_lines(plant.ctx.publisher.state())
+
+
+_BASE_INSTALL = """
+import sys
+SERVER_SIDE = {"fastapi", "starlette", "pydantic", "uvicorn", "boto3", "botocore",
+               "prometheus_client"}
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in SERVER_SIDE:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from tufota_cli.main import main
+url, viewer, operator = sys.argv[1:4]
+for argv in COMMANDS:
+    token = operator if argv[0] == "token" else viewer
+    code = main([*argv, "--server", url, "--token", token, "--json"])
+    if code:
+        sys.exit(f"{argv} exited {code}")
+"""
+
+
+def test_every_read_runs_remotely_on_the_base_install(plant: Plant) -> None:
+    """A laptop with 'pip install tufota' (no server extra) reads everything remotely."""
+    import subprocess
+    import sys
+
+    from repo_server._auth import ROLES
+    from tufota_cli.admin_cmds import ROLES as CLI_ROLES
+
+    assert CLI_ROLES == ROLES
+    commands = [[w.format(rid=_rollout_id(plant)) for w in c] for c in READS]
+    script = _BASE_INSTALL.replace("COMMANDS", repr(commands))
+    result = subprocess.run(
+        [sys.executable, "-c", script, plant.url, plant.token("viewer"), plant.token("operator")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path.cwd(),
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert result.returncode == 0, result.stderr
