@@ -479,3 +479,32 @@ def test_every_read_runs_remotely_on_the_base_install(plant: Plant) -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_login_reads_the_token_from_stdin_and_profiles_switch(
+    plant: Plant, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    viewer, operator = plant.token("viewer"), plant.token("operator")
+    monkeypatch.setattr("sys.stdin", io.StringIO(viewer + "\n"))
+    assert _run(capsys, "login", "--server", plant.url, "--profile", "watch")[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(operator + "\n"))
+    assert _run(capsys, "login", "--server", plant.url, "--profile", "ops")[0] == 0
+    rid = _rollout_id(plant)
+    code, out, err = _run(capsys, "rollout", "pause", rid)  # the last login is active
+    assert code == 0, err
+    assert _run(capsys, "profile", "use", "watch")[0] == 0
+    code, _, err = _run(capsys, "rollout", "resume", rid)
+    assert code == 3, err
+    assert plant.store.get_rollout(rid).state == "paused"
+    code, out, _ = _run(capsys, "profile", "list", "--json")
+    active = [p["name"] for p in json.loads(out)["profiles"] if p["active"]]
+    assert active == ["watch"]
+    assert _run(capsys, "profile", "remove", "watch")[0] == 0
+    code, _, err = _run(capsys, "rollout", "status")  # no active profile left
+    assert code == 1
+    assert "tufota login" in err
+    code, _, err = _run(capsys, "rollout", "resume", rid, "--profile", "ops")
+    assert code == 0, err
+    assert plant.store.get_rollout(rid).state == "active"
