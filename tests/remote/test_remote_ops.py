@@ -508,3 +508,14 @@ def test_login_reads_the_token_from_stdin_and_profiles_switch(
     code, _, err = _run(capsys, "rollout", "resume", rid, "--profile", "ops")
     assert code == 0, err
     assert plant.store.get_rollout(rid).state == "active"
+
+
+def test_an_answer_above_the_cap_is_refused_not_buffered(plant: Plant) -> None:
+    from tufota_cli._client import ApiClient, ClientLimits
+    from tufota_core import TransportError
+
+    token = plant.token("viewer")
+    assert ApiClient(plant.url, token).get("/api/v1/rollouts")["rollouts"]
+    small = ApiClient(plant.url, token, limits=ClientLimits(max_response_bytes=256))
+    with pytest.raises(TransportError, match="larger than 256 bytes"):
+        small.get("/api/v1/rollouts")
