@@ -188,7 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         # Library chatter (tuf, urllib3) is for -v only.
-        for noisy in ("tuf", "urllib3", "securesystemslib", "uvicorn", "httpx"):
+        for noisy in (
+            "tuf",
+            "urllib3",
+            "securesystemslib",
+            "uvicorn",
+            "httpx",
+            "botocore",
+            "boto3",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     run: Callable[[argparse.Namespace], int] = args.func
     try:

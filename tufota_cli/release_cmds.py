@@ -114,7 +114,7 @@ def _latest(
         raise InputError(f"--delta-latest {count}: give a number of releases >= 0")
     if not count:
         return []
-    role = repo.state().roles.get(product_role(info.hardware_id))
+    role = repo.verified_state().roles.get(product_role(info.hardware_id))
     versions = {
         str(t.custom["version"])
         for t in (role.signed.targets.values() if role is not None else ())
