@@ -14,7 +14,8 @@ Exit codes: 0 the cycle completed (nothing to do, installed and reboot
 pending, or update succeeded); 3 the cycle completed but the update was
 refused, failed, rolled back or the server was unreachable (``run --once``
 and ``install-bundle``); 1 a tufota error (bad config, missing keys, corrupt
-state); 2 bad usage. ``tuf-client`` follows the conformance protocol: 0 or 1.
+state); 2 bad usage; 141 the output's reader went away. ``tuf-client``
+follows the conformance protocol: 0 or 1.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UPDATE_PROBLEM = 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 DEFAULT_CONFIG = Path("/etc/tufota/agent.toml")
 CONFIG_ENV = "TUFOTA_AGENT_CONFIG"
 _EPILOG = (
@@ -247,6 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("%s failed", args.command)
         print(f"tufota-agent: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (``| head``): exit quietly with SIGPIPE's status, as
+        # Unix tools do. The work itself (an install, a commit) is already durable.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

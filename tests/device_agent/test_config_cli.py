@@ -361,3 +361,18 @@ def test_agent_imports_without_boto3_installed() -> None:
     result = _probe("import sys; sys.modules['boto3'] = None\n")
 
     assert result["server_side"] == []
+
+
+def test_status_into_a_closed_pipe_exits_141_without_a_traceback(env: Env) -> None:
+    config = str(env.device_dir / "agent.toml")
+    agent = Path(sys.executable).parent / "tufota-agent"
+    proc = subprocess.Popen(
+        [str(agent), "status", "--config", config, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the agent (still importing) writes
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()
+    assert proc.returncode == 141, err.decode()
