@@ -501,7 +501,10 @@ class Agent:
         fields: dict[str, Any] = {"error_code": error.code, "message": str(error)}
         if doc is not None:
             fields.update(rollout_id=doc.rollout_id, target_version=doc.version)
-        if self._state.already_reported(rollout, error.code):
+        # A resumable failure (disk_full) that follows this cycle's "downloading"
+        # report is sent again, so the server's last view of the device is the failure.
+        repeat = keep_state and self._queued
+        if self._state.already_reported(rollout, error.code) and not repeat:
             logger.debug("still refusing (%s): %s", error.code, error)
             self._heartbeat(doc, f"refusing: {error}")
         else:

@@ -229,3 +229,22 @@ def test_download_heartbeats_come_at_least_once_per_poll_interval(env: Env) -> N
 
     progress = [r for r in env.server.reports if r.state == "downloading" and r.bytes_done]
     assert len(progress) >= 2
+
+
+def test_a_disk_that_stays_full_leaves_the_failure_as_the_servers_last_view(env: Env) -> None:
+    _release(env, size=1024 * 1024)
+    env.write_config()
+    script = _FULL_DISK.format(limit=300 * 1024)
+    config = str(env.device_dir / "agent.toml")
+    for _ in range(2):  # the retry resumes, says "downloading", and hits the full disk again
+        done = subprocess.run(
+            [sys.executable, "-c", script, config],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert done.returncode == 3, done.stderr
+    states = [(r.state, r.error_code) for r in env.server.reports]
+    assert ("downloading", None) in states[states.index(("failed", "disk_full")) + 1 :]
+    assert states[-1] == ("failed", "disk_full"), states
