@@ -426,7 +426,8 @@ def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
     elif succeeded < needed:
         failed_note = f"; {final} failed, not counted" if final else ""
         waits.append(
-            f"{needed - succeeded} more successes ({succeeded}/{remaining} = "
+            f"{needed - succeeded} more success{'es' if needed - succeeded != 1 else ''} "
+            f"({succeeded}/{remaining} = "
             f"{_pct(succeeded, remaining)}, needs {needed}{failed_note})"
         )
     soak_end = rollout.wave_started_at + timedelta(seconds=opts.soak_seconds)
@@ -436,7 +437,7 @@ def _gate(rollout: RolloutRecord, counts: RolloutCounts, now: datetime) -> Gate:
     skew_note = ""
     if skewed:
         skew_note = (
-            f"; {skewed} device{'s' if skewed != 1 else ''} report a clock that disagrees "
+            f"; {skewed} device{'s report' if skewed != 1 else ' reports'} a clock that disagrees "
             "with the server's (device clock skew alerts): they may refuse the update"
         )
     if waits:

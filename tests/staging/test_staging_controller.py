@@ -97,7 +97,7 @@ def test_rollout_advances_wave_by_wave_then_completes(
     assert controller.tick() == []  # nobody has updated yet
     devices.succeed(canary[:2], V2, rid)
     assert controller.tick() == []
-    assert "1 more successes (2/3" in controller.status(rid).gate
+    assert "1 more success (2/3" in controller.status(rid).gate
 
     devices.succeed(canary[2:], V2, rid)
     events = controller.tick()

@@ -273,7 +273,7 @@ def test_a_device_with_a_wrong_clock_is_flagged_and_named_by_the_gate(
     (alert,) = store.list_alerts(open_only=True, kinds=["device_clock_skew"])
     assert alert.device_id == ids[0]
     assert "ahead of the server's" in alert.summary
-    assert "1 device report a clock that disagrees" in controller.status(rid).gate
+    assert "1 device reports a clock that disagrees" in controller.status(rid).gate
     assert controller.status(rid).clock_skewed == 1
     # Fixed: the alert resolves on the next fleet check.
     store.record_report(
