@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Signer
-from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
     Metadata,
@@ -72,6 +72,7 @@ from tufota_core import (
     NotFoundError,
     RepositoryError,
     RolloutDoc,
+    TufotaError,
     VerificationError,
     Version,
     delta_target_path,
@@ -231,9 +232,27 @@ class Publisher:
         taken, self.forged_targets = self.forged_targets, ()
         return taken
 
+    def _forged_paths(self, rollouts: Metadata[Targets]) -> list[str]:
+        """Entries of the online role the server cannot have written.
+
+        Outside ``rollouts/<hw>.json``, or a document whose stored file is
+        missing or does not match the signed length and hashes (the server
+        always writes the file with the entry).
+        """
+        forged = []
+        for path, target in rollouts.signed.targets.items():
+            if not _is_rollout_doc_path(path):
+                forged.append(path)
+                continue
+            try:
+                target.verify_length_and_hashes(self.storage.get(target_storage_key(target)))
+            except (TufotaError, LengthOrHashMismatchError, KeyError):  # KeyError: no sha256
+                forged.append(path)
+        return sorted(forged)
+
     def _drop_forged(self, rollouts: Metadata[Targets]) -> None:
         """Remove every target of the online role that the server could not have written."""
-        forged = sorted(p for p in rollouts.signed.targets if not _is_rollout_doc_path(p))
+        forged = self._forged_paths(rollouts)
         for path in forged:
             del rollouts.signed.targets[path]
         if forged:
@@ -600,9 +619,7 @@ class Publisher:
             renewed: list[str] = []
             rollouts = state.roles.get(ROLLOUTS_ROLE)
             rollouts_margin = margin if margin is not None else self.expiry.rollouts / 2
-            forged = rollouts is not None and any(
-                not _is_rollout_doc_path(p) for p in rollouts.signed.targets
-            )
+            forged = rollouts is not None and bool(self._forged_paths(rollouts))
             if rollouts is not None and (
                 forged or rollouts.signed.expires - now <= rollouts_margin
             ):

@@ -104,3 +104,40 @@ def test_forged_targets_raise_one_critical_divergence_alert(
     assert "evil.bin" in alerts[0].summary
     assert "online key compromise" in alerts[0].summary
     store.close()
+
+
+def test_a_forged_document_entry_without_its_file_does_not_stop_publishing(
+    released_repo: Repository,
+) -> None:
+    """``rollouts/gw-200.json`` signed with the online key, no file behind it."""
+    signers = released_repo.online_signers(ask)
+    publisher = released_repo.publisher(ask)
+    state = load_state(released_repo.storage)
+    rollouts = state.roles[ROLLOUTS_ROLE]
+    path = "rollouts/gw-200.json"
+    rollouts.signed.targets[path] = TargetFile.from_data(path, io.BytesIO(b"{}"), ["sha256"])
+    rollouts.signed.version += 1
+    rollouts.signatures.clear()
+    rollouts.sign(signers.rollouts)
+    released_repo.storage.put(
+        metadata_key(ROLLOUTS_ROLE, rollouts.signed.version), rollouts.to_bytes()
+    )
+    state.snapshot.signed.meta[f"{ROLLOUTS_ROLE}.json"] = MetaFile(rollouts.signed.version)
+    timestamp = publisher._sign_online(state.root, state.snapshot, state.timestamp, signers)
+    publisher._write_online(state.snapshot, timestamp)
+
+    store = SqliteTrackerStore(released_repo.tracker_path)
+    controller = RolloutController(store, publisher)
+    doc = controller.start(
+        "gw-100",
+        "1.1.0",
+        "firmware/gw-100/1.1.0/gw-1.1.0.img",
+        parse_wave_spec("100%"),
+        RolloutOptions(),
+    )
+    role = load_state(released_repo.storage).roles[ROLLOUTS_ROLE]
+    assert set(role.signed.targets) == {"rollouts/gw-100.json"}
+    assert path in publisher.forged_targets
+    record = store.get_rollout(doc.rollout_id)
+    assert record.published_revision == record.revision
+    store.close()
