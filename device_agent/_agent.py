@@ -73,7 +73,6 @@ from device_agent._pace import DataBudget
 from device_agent._state import AgentState, FlushResult, Outbox, StateStore, seen
 from device_agent._tufclient import TufClient
 from tufota_core import (
-    OFFERING_STATES,
     ConflictError,
     InstallError,
     Report,
@@ -462,8 +461,7 @@ class Agent:
             )
         except VerificationError as e:
             return self._refuse(doc, e)
-        if doc.state in OFFERING_STATES:
-            self._note_seen(doc.version)
+        self._note_signed_release(client, doc)
         if decision.action == IDLE:
             client.clean_downloads()
             self._heartbeat(doc, decision.reason, decision.code)
@@ -481,6 +479,22 @@ class Agent:
             self._state = self._state.forgive(doc.rollout_id)
         logger.info("update available: %s", decision.reason)
         return self._update(client, doc)
+
+    def _note_signed_release(self, client: TufClient, doc: RolloutDoc) -> None:
+        """Raise the newest-seen floor to a release any rollout document named.
+
+        Whatever the document's state (a paused or aborted rollout's release
+        still exists), but only once the offline product-line key is found to
+        sign that firmware: a document forged with the online key alone cannot
+        poison the floor with a version that was never released.
+        """
+        try:
+            info = client.firmware_target(doc.target_path)
+        except (TransportError, VerificationError):
+            return
+        custom = info.custom if isinstance(info.custom, dict) else {}
+        if custom.get("version") == doc.version:
+            self._note_seen(doc.version)
 
     def _note_seen(self, version: str | None) -> None:
         """Raise the persisted newest-seen version to ``version`` (never lowers it)."""

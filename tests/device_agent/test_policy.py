@@ -113,3 +113,33 @@ def test_provisioning_floor_refuses_older_releases_on_an_unknown_version_device(
     env.repo.publish()
 
     assert env.agent().run_once().action == ACTION_REBOOTING
+
+
+def test_an_aborted_rollouts_release_still_raises_the_floor(env: Env) -> None:
+    _unknown_version(env)
+    env.repo.add_firmware("1.0.0")
+    env.repo.add_firmware("1.2.0")
+    env.repo.set_rollout("1.2.0", state="aborted")  # the operator aborted it
+    env.repo.publish()
+    assert env.agent().run_once().action == ACTION_IDLE
+
+    # With the online key: the aborted rollout turned into the oldest release.
+    env.repo.set_rollout("1.0.0", rollout_id="r-evil")
+    env.repo.publish()
+    result = env.agent().run_once()
+
+    assert (result.action, result.error_code) == (ACTION_REFUSED, "below_minimum_version")
+    assert env.boot_control()["pending"] is None
+
+
+def test_a_document_naming_an_unreleased_version_cannot_raise_the_floor(env: Env) -> None:
+    _unknown_version(env)
+    env.repo.add_firmware("1.0.0")
+    # With the online key: a document for 99.0.0, which no offline key signed.
+    env.repo.set_rollout("99.0.0", state="paused", rollout_id="r-poison")
+    env.repo.publish()
+    env.agent().run_once()
+
+    env.repo.set_rollout("1.0.0", rollout_id="r-2")  # the real rollout
+    env.repo.publish()
+    assert env.agent().run_once().action == ACTION_REBOOTING
