@@ -24,6 +24,9 @@ class ServerLimits:
         upload_dir: where uploads are spooled before verification (None: the
             system's temporary directory). Never the served tree.
         max_json_bytes: largest JSON body of an operator API request.
+        max_concurrent_uploads: bundles verified at once; more wait their turn.
+            Parsing metadata costs up to ~20x its size in memory, so this and
+            ``bundle.max_metadata_bytes`` bound an upload's share of memory.
         lock_timeout_seconds: how long a publisher waits for another
             publisher's lock before failing with ``ConflictError``; longer than
             the lease, so a dead holder's lock is always taken over in time.
@@ -41,6 +44,7 @@ class ServerLimits:
     bundle: BundleLimits = field(default_factory=BundleLimits)
     upload_dir: str | None = None
     max_json_bytes: int = 64 * 1024
+    max_concurrent_uploads: int = 2
     lock_timeout_seconds: float = 40.0
     lock_lease_seconds: float = 30.0
     lock_heartbeat_seconds: float | None = None
@@ -48,7 +52,7 @@ class ServerLimits:
     refresh_interval_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_json_bytes"):
+        for name in ("max_upload_bytes", "max_json_bytes", "max_concurrent_uploads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1")
         for name in (

@@ -37,6 +37,9 @@ _BUNDLE_BODY = {
 
 def build_router(ctx: ServerContext) -> APIRouter:
     router = APIRouter()
+    # Parsing a bundle's metadata costs up to ~20x its size in Python objects;
+    # verifying a few bundles at a time keeps the server's memory bounded.
+    verifying = asyncio.Semaphore(ctx.limits.max_concurrent_uploads)
 
     @router.post(
         "/api/v1/releases",
@@ -79,7 +82,10 @@ def build_router(ctx: ServerContext) -> APIRouter:
                     out.write(chunk)
             if size == 0:
                 raise ApiError(400, "empty_body", "the request body must be a release bundle")
-            result = await asyncio.to_thread(publish_bundle, ctx.publisher, Path(spool), ctx.limits)
+            async with verifying:
+                result = await asyncio.to_thread(
+                    publish_bundle, ctx.publisher, Path(spool), ctx.limits
+                )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spool)

@@ -334,6 +334,8 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
         manifest = json.loads(data)
     except ValueError as e:
         raise InputError(f"bundle: {MANIFEST} is not JSON: {e}") from e
+    except RecursionError:  # hostile nesting; a manifest is a flat object
+        raise InputError(f"bundle: {MANIFEST} nests too deeply") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise InputError(f"bundle: {MANIFEST} is not a {BUNDLE_FORMAT} manifest")
     roles, blobs = manifest.get("roles"), manifest.get("blobs")
