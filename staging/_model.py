@@ -35,7 +35,6 @@ SECURITY_CODES = frozenset(
         "firmware_too_large",
         "wrong_hardware",
         "downgrade_refused",
-        "below_minimum_version",  # the device's own floor refused an older release
     }
 )
 """Report error codes of data a device refused to trust (``device_agent._errors``).
@@ -51,7 +50,15 @@ TRANSPORT_CODES = frozenset(
 )
 """Report error codes of a transfer that will be tried again: neither failure nor attack."""
 
-NOT_COUNTED_CODES = SECURITY_CODES | TRANSPORT_CODES
+POLICY_CODES = frozenset(
+    # The device's own floor (its [policy] minimum, or the newest release it saw)
+    # refused an older release: its configuration at work, not tampering. A
+    # document pushing that release is the watchdog's rollout_diverged alert.
+    {"below_minimum_version"}
+)
+"""Report error codes of a device declining by its own policy: neither failure nor attack."""
+
+NOT_COUNTED_CODES = SECURITY_CODES | TRANSPORT_CODES | POLICY_CODES
 """Failure codes that never count toward a wave's failure threshold.
 
 Every other ``failed``/``rolled_back`` report counts: install, health check and

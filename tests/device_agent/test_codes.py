@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from device_agent import _errors
-from staging._model import NOT_COUNTED_CODES, SECURITY_CODES, TRANSPORT_CODES
+from staging._model import NOT_COUNTED_CODES, POLICY_CODES, SECURITY_CODES, TRANSPORT_CODES
 
 # Codes that mean the device itself could not install: these, and only these
 # among the agent's failure codes, count toward a wave's failure threshold.
@@ -20,8 +20,9 @@ COUNTED = {
 }
 
 
-def test_policy_refusals_are_security_events_and_a_full_disk_is_transient() -> None:
-    assert _errors.BELOW_MINIMUM_VERSION in SECURITY_CODES
+def test_policy_refusals_are_neither_failures_nor_attacks_and_a_full_disk_is_transient() -> None:
+    assert _errors.BELOW_MINIMUM_VERSION in POLICY_CODES
+    assert _errors.BELOW_MINIMUM_VERSION not in SECURITY_CODES
     assert _errors.DISK_FULL in TRANSPORT_CODES
 
 
