@@ -183,7 +183,7 @@ def init_slots(
         },
     }
     atomic_write_json(boot_file, control)
-    logger.info("initialised A/B slots in %s (factory version %s)", slots, factory_version)
+    logger.debug("initialised A/B slots in %s (factory version %s)", slots, factory_version)
 
 
 class ABSimulator(Installer):
