@@ -16,9 +16,11 @@ Invariants:
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -35,6 +37,9 @@ EXIT_REFUSED = 3
 USER_AGENT = "tufota-cli/0.1"
 
 
+T = TypeVar("T")
+
+
 class RefusedError(TufotaError):
     """The server refused the token (401) or its role (403); nothing changed. Exit 3."""
 
@@ -48,12 +53,15 @@ class ClientLimits:
     Attributes:
         connect_timeout: seconds to open the connection.
         read_timeout: seconds between bytes of an answer (uploads: ``upload_timeout``).
+        total_timeout: seconds for a whole request and its answer, however the
+            server trickles it (uploads are bounded by their read timeouts only).
         upload_timeout: seconds for a release bundle upload.
         max_response_bytes: the largest answer read (fleet status of a large fleet fits).
     """
 
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    total_timeout: float = 120.0
     upload_timeout: float = 300.0
     max_response_bytes: int = 64 * 1024 * 1024
 
@@ -72,8 +80,12 @@ class _PinnedCASession(requests.Session):
 
 def check_server_url(url: str) -> str:
     """``url`` without a trailing slash. Raises InputError unless it is http(s)://HOST[:PORT]."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port  # both parse lazily and may raise
+    except ValueError as e:
+        raise InputError(f"server URL {url!r} is not http(s)://HOST[:PORT]: {e}") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise InputError(f"server URL {url!r} is not http(s)://HOST[:PORT]")
     if parts.query or parts.fragment:
         raise InputError(f"server URL {url!r} must not have a query or fragment")
@@ -129,29 +141,36 @@ class ApiClient:
             headers["Content-Type"] = "application/octet-stream"
         read = self.limits.upload_timeout if data is not None else self.limits.read_timeout
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            with self._session.request(
-                method,
-                url,
-                params=query,
-                json=body,
-                data=data,
-                headers=headers,
-                timeout=(self.limits.connect_timeout, read),
-                stream=True,
-                allow_redirects=False,
-            ) as response:
-                raw = self._read(response, url)
-                status = response.status_code
-        except requests.ConnectionError as e:
-            raise TransportError(f"cannot reach the server at {self.server}: {_short(e)}") from e
-        except requests.Timeout as e:
-            raise TransportError(f"the server at {self.server} did not answer in time") from e
-        except requests.RequestException as e:
-            raise TransportError(f"request to {url} failed: {_short(e)}") from e
+
+        def exchange() -> tuple[int, bytes]:
+            try:
+                with self._session.request(
+                    method,
+                    url,
+                    params=query,
+                    json=body,
+                    data=data,
+                    headers=headers,
+                    timeout=(self.limits.connect_timeout, read),
+                    stream=True,
+                    allow_redirects=False,
+                ) as response:
+                    return response.status_code, self._read(response, url)
+            except requests.ConnectionError as e:
+                raise TransportError(
+                    f"cannot reach the server at {self.server}: {_short(e)}"
+                ) from e
+            except requests.Timeout as e:
+                raise TransportError(f"the server at {self.server} did not answer in time") from e
+            except requests.RequestException as e:
+                raise TransportError(f"request to {url} failed: {_short(e)}") from e
+
+        status, raw = (
+            exchange() if data is not None else _within(self.limits.total_timeout, exchange, url)
+        )
         try:
             answer = json.loads(raw) if raw.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if status in ok and answer is not None:
             return status, answer
@@ -175,6 +194,31 @@ class ApiClient:
 
     def post(self, path: str, body: dict[str, Any] | None = None, role: str = "operator") -> Any:
         return self.request("POST", path, role=role, body=body or {})[1]
+
+
+def _within(seconds: float, call: Callable[[], T], url: str) -> T:
+    """``call()`` in a worker thread, given up after ``seconds`` however the server trickles.
+
+    Per-read timeouts cannot bound an answer that arrives a byte at a time; the
+    abandoned worker is a daemon thread and ends with the command.
+    """
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # handed to the caller's thread below
+            outcome.append((False, e))
+
+    worker = threading.Thread(target=work, name="tufota-request", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise TransportError(f"{url} did not finish answering within {seconds:.0f} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)
 
 
 def segment(text: str) -> str:

@@ -147,7 +147,9 @@ def remote_client(args: argparse.Namespace, limits: ClientLimits | None = None) 
         or (chosen.get("token") if chosen else None)
     )
     ca = getattr(args, "ca_bundle", None) or (chosen.get("ca_bundle") if chosen else None)
-    return ApiClient(server, token, ca or None, limits)
+    client = ApiClient(server, token, ca or None, limits)
+    args.remote_server = client.server  # main() names it if its answer cannot be shown
+    return client
 
 
 class LocalOperations:

@@ -209,6 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TufotaError as e:
         # A refusal by authorisation has its own code (3); see EPILOG.
         return _fail(str(e), args.verbose, getattr(e, "exit_code", 1))
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+        server = getattr(args, "remote_server", None)
+        if server is None:
+            raise  # a local bug: keep the traceback
+        # A server's answer of an unexpected shape is bad input, not a crash.
+        return _fail(
+            f"the answer from {server} is not what this tufota expects "
+            f"({type(e).__name__}); is the server the same version? (-v shows where)",
+            args.verbose,
+        )
     except ModuleNotFoundError as e:
         package = _missing_server_package(e)
         if package is None:

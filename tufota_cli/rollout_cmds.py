@@ -492,7 +492,7 @@ def cmd_alert_list(args: argparse.Namespace) -> int:
     rows = [
         [
             a["alert_id"],
-            "open" if a["open"] else "resolved",
+            a["state"],
             a["severity"],
             a["kind"],
             a["opened_at"],

@@ -519,3 +519,15 @@ def test_an_answer_above_the_cap_is_refused_not_buffered(plant: Plant) -> None:
     small = ApiClient(plant.url, token, limits=ClientLimits(max_response_bytes=256))
     with pytest.raises(TransportError, match="larger than 256 bytes"):
         small.get("/api/v1/rollouts")
+
+
+def test_alert_list_shows_alerts_the_same_locally_and_remotely(
+    plant: Plant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    operator = plant.token("operator")
+    code, _, err = _run(capsys, "alert", "test", "--server", plant.url, "--token", operator)
+    assert code == 0, err
+    code, remote, err = _run(capsys, "alert", "list", "--server", plant.url, "--token", operator)
+    assert code == 0, err
+    assert "test" in remote
+    assert remote == _run(capsys, "alert", "list", "--repo", str(plant.repo.path))[1]
