@@ -20,7 +20,7 @@ class _Hostile(BaseHTTPRequestHandler):
     def log_message(self, *_args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+    def do_GET(self) -> None:
         mode = type(self).mode
         if mode == "trickle-headers":
             self.wfile.write(b"HTTP/1.1 200 OK\r\n")
