@@ -255,7 +255,9 @@ def _error(status: int, answer: Any, what: str, role: str, server: str) -> Tufot
             f"{f': {message}' if message else ''}); this needs {_a(role)} token"
         )
     if status == 404:
-        return NotFoundError(message or f"{what}: not found on {server}")
+        if message and message != "Not Found":  # the framework's bare text names no object
+            return NotFoundError(message)
+        return NotFoundError(f"{what}: not found on {server} (is that the server's base URL?)")
     if status == 409:
         return ConflictError(message or f"{what}: conflict")
     if 400 <= status < 500:
