@@ -216,7 +216,7 @@ def test_stalled_devices_block_the_simulation_honestly_and_an_operator_completes
     assert not result.timed_out  # it ends by itself, well before the 60 s
     assert result.blocked
     assert result.rollout_state == "active"
-    assert "more successes" in result.gate
+    assert "more success" in result.gate
     status = server.get(f"/api/v1/rollouts/{rid}")
     while status["current_wave"] < len(status["waves"]) - 1:
         assert server.post(f"/api/v1/rollouts/{rid}/advance", {"reason": "known dead"}).ok

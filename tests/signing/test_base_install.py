@@ -97,8 +97,9 @@ def test_base_install_runs_a_root_ceremony_and_signs_a_release(
     tufota("expiry", "check", "--repo", "repo")
 
     stub = tufota("token", "list", "--repo", "repo", code=1)
-    assert stub.stderr == "tufota: error: 'tufota token' needs the server side: " \
-        "pip install 'tufota[server]'\n"  # fmt: skip
+    assert stub.stderr.startswith("tufota: error: 'tufota token' needs ")
+    assert stub.stderr.endswith(": pip install 'tufota[server]'\n")
+    assert len(stub.stderr.splitlines()) == 1
     refused = tufota("serve", "--repo", "repo", code=1)
     assert refused.stderr.strip().splitlines() == [
         "tufota: error: 'tufota serve' needs uvicorn, which the base install leaves out: "
