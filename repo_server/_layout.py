@@ -53,6 +53,7 @@ from signing import (
     KeyFile,
     KeyFinding,
     KeyPassphrases,
+    atomic_write,
     default_signing_dir,
     generate_key,
     is_inside,
@@ -159,21 +160,6 @@ def _private_key_file(key: KeyFile) -> Path | None:
     if scheme != "encfile":
         return None
     return Path(rest) if rest.startswith("/") else key.path.parent / rest
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` through a temporary file and a rename: never a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _absolute_uri(key: KeyFile) -> str:
@@ -457,7 +443,7 @@ class Repository:
             dest = pub.with_suffix(".key")
             uri = f"encfile:{dest.name}"
             if not dest.exists():
-                _atomic_write(dest, private.read_bytes(), 0o600)
+                atomic_write(dest, private.read_bytes(), 0o600)
                 created.append(dest)
         if not pub.exists():
             write_public_key(pub, key.key, uri)
@@ -480,7 +466,7 @@ class Repository:
         old = getattr(self.config, role)
         config = RepoConfig(**{**asdict(self.config), role: name})
         data = (json.dumps(asdict(config), indent=1) + "\n").encode()
-        _atomic_write(self.path / CONFIG_FILE, data, 0o644)
+        atomic_write(self.path / CONFIG_FILE, data, 0o644)
         self.config = config
         retired = self.keys_dir / f"{old}.key"
         if old == name or old in (config.online_key, config.rollouts_key) or not retired.exists():
