@@ -156,14 +156,16 @@ def provision_device(
     check_device_id(device_id)
     for tag in tags:
         check_tag(tag)
+    ca_pem = _read_ca_bundle(ca_bundle) if ca_bundle is not None else None
     # Every value the agent.toml will hold is checked before anything is written.
-    render_agent_config(
+    agent_toml = render_agent_config(
         device_id=device_id,
         hardware_id=hardware_id,
         server_url=server_url or repo.config.server_url,
         tags=tags,
         poll_interval=poll_interval,
         health_command=health_command,
+        ca_bundle="ca.pem" if ca_pem is not None else "",
         min_version=min_version or "",
         maintenance_window=maintenance_window or "",
     )
@@ -176,7 +178,6 @@ def provision_device(
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty")
-    ca_pem = _read_ca_bundle(ca_bundle) if ca_bundle is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     signer = CryptoSigner.generate_ed25519()
     public = {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
@@ -187,22 +188,10 @@ def provision_device(
         with os.fdopen(fd, "wb") as f:
             f.write(signer.private_bytes)
         (work / "device.pub").write_text(json.dumps(public, indent=1) + "\n")
-        (work / "root.json").write_bytes(repo.trusted_root())
+        (work / "root.json").write_bytes(state.root.to_bytes())
         if ca_pem is not None:
             (work / "ca.pem").write_bytes(ca_pem)
-        (work / "agent.toml").write_text(
-            render_agent_config(
-                device_id=device_id,
-                hardware_id=hardware_id,
-                server_url=server_url or repo.config.server_url,
-                tags=tags,
-                poll_interval=poll_interval,
-                health_command=health_command,
-                ca_bundle="ca.pem" if ca_pem is not None else "",
-                min_version=min_version or "",
-                maintenance_window=maintenance_window or "",
-            )
-        )
+        (work / "agent.toml").write_text(agent_toml)
         init_slots(work / "slots", factory_version)
         # Register last: a failure above leaves no device behind in the tracker.
         with SqliteTrackerStore(repo.tracker_path) as store:
