@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from repo_server._publisher import (
     target_storage_key,
 )
 from repo_server._storage import Storage
+from signing import atomic_file
 from tufota_core import (
     ROLLOUTS_ROLE,
     InputError,
@@ -151,27 +150,17 @@ def export_offline_bundle(
         "version": version,
         "target": target_path,
     }
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-            _add(tar, OFFLINE_MANIFEST, len(data), io.BytesIO(data))
-            for key in keys:
-                if key.startswith("targets/"):
-                    size = storage.stat(key).size
-                    chunks = storage.iter_range(key, 0, max(size - 1, 0)) if size else iter(())
-                    _add(tar, key, size, io.BufferedReader(_ChunkReader(chunks)))
-                else:
-                    data = storage.get(key)
-                    _add(tar, key, len(data), io.BytesIO(data))
-            tar.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        _add(tar, OFFLINE_MANIFEST, len(data), io.BytesIO(data))
+        for key in keys:
+            if key.startswith("targets/"):
+                size = storage.stat(key).size
+                chunks = storage.iter_range(key, 0, max(size - 1, 0)) if size else iter(())
+                _add(tar, key, size, io.BufferedReader(_ChunkReader(chunks)))
+            else:
+                data = storage.get(key)
+                _add(tar, key, len(data), io.BytesIO(data))
     return OfflineExport(out, target_path, (OFFLINE_MANIFEST, *keys), out.stat().st_size)
 
 

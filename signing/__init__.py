@@ -47,7 +47,7 @@ from signing._custody import (
     refuse_online_keys,
 )
 from signing._delta import DeltaConfig, DeltaRelease, DeltaStats, add_deltas, make_delta
-from signing._fs import atomic_write
+from signing._fs import atomic_file, atomic_write
 from signing._keys import (
     KEY_TYPES,
     PASSPHRASE_ENV,
@@ -106,6 +106,7 @@ __all__ = [
     "add_deltas",
     "add_product_line",
     "add_release",
+    "atomic_file",
     "atomic_write",
     "change_product_keys",
     "default_signing_dir",

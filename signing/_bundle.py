@@ -50,6 +50,7 @@ from typing import IO, Any, cast
 
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 
+from signing._fs import atomic_file
 from tufota_core import InputError, NotFoundError, VerificationError, safe_text
 
 BUNDLE_FORMAT = "tufota.bundle/1"
@@ -221,36 +222,24 @@ def write_bundle(
         "blobs": sorted(seen),
         "context": [] if context_targets is None else ["targets"],
     }
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with contextlib.ExitStack() as stack:
-                stream: Any = raw
-                if compress:
-                    stream = stack.enter_context(
-                        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="")
-                    )
-                tar = stack.enter_context(
-                    tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT)
-                )
-                _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-                if root is not None:
-                    _add_bytes(tar, _metadata_member("root"), root.to_bytes())
-                if targets is not None:
-                    _add_bytes(tar, _metadata_member("targets"), targets.to_bytes())
-                if context_targets is not None:
-                    _add_bytes(tar, "context/targets.json", context_targets.to_bytes())
-                for name in sorted(roles):
-                    _add_bytes(tar, _metadata_member(name), roles[name].to_bytes())
-                for target, path in sorted(blobs, key=lambda b: b[0].path):
-                    _add_file(tar, _blob_member(target.path), path, target.length)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as raw, contextlib.ExitStack() as stack:
+        stream: Any = raw
+        if compress:
+            stream = stack.enter_context(
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="")
+            )
+        tar = stack.enter_context(tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT))
+        _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        if root is not None:
+            _add_bytes(tar, _metadata_member("root"), root.to_bytes())
+        if targets is not None:
+            _add_bytes(tar, _metadata_member("targets"), targets.to_bytes())
+        if context_targets is not None:
+            _add_bytes(tar, "context/targets.json", context_targets.to_bytes())
+        for name in sorted(roles):
+            _add_bytes(tar, _metadata_member(name), roles[name].to_bytes())
+        for target, path in sorted(blobs, key=lambda b: b[0].path):
+            _add_file(tar, _blob_member(target.path), path, target.length)
 
 
 def _verify_file(target: TargetFile, path: Path) -> None:
