@@ -29,6 +29,7 @@ from device_agent._config import (
     parse_duration,
     render_agent_config,
 )
+from device_agent._http import ca_session
 from device_agent._installer import (
     ABSimulator,
     BootResult,
@@ -54,6 +55,7 @@ __all__ = [
     "CommandInstaller",
     "CycleResult",
     "Installer",
+    "ca_session",
     "init_slots",
     "parse_duration",
     "render_agent_config",

@@ -66,13 +66,18 @@ class _PinnedCASession(requests.Session):
         return settings
 
 
-def make_session(config: AgentConfig) -> requests.Session:
-    """A session that verifies TLS against the configured CA bundle (or the system one)."""
-    session = _PinnedCASession() if config.ca_bundle else requests.Session()
-    session.headers["User-Agent"] = USER_AGENT
-    session.verify = str(config.ca_bundle) if config.ca_bundle else True
+def ca_session(ca_bundle: str | None, user_agent: str) -> requests.Session:
+    """A session verifying TLS against ``ca_bundle`` (beating the environment), else system CAs."""
+    session = _PinnedCASession() if ca_bundle else requests.Session()
+    session.headers["User-Agent"] = user_agent
+    session.verify = ca_bundle if ca_bundle else True
     # Proxies and .netrc from the environment stay allowed (requests default).
     return session
+
+
+def make_session(config: AgentConfig) -> requests.Session:
+    """A session that verifies TLS against the configured CA bundle (or the system one)."""
+    return ca_session(str(config.ca_bundle) if config.ca_bundle else None, USER_AGENT)
 
 
 class HttpFetcher(FetcherInterface):

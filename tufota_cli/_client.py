@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from device_agent import ca_session
 from tufota_core import (
     ConflictError,
     InputError,
@@ -66,18 +67,6 @@ class ClientLimits:
     max_response_bytes: int = 64 * 1024 * 1024
 
 
-class _PinnedCASession(requests.Session):
-    """A session whose own ``verify`` beats ``REQUESTS_CA_BUNDLE`` (psf/requests#3829)."""
-
-    def merge_environment_settings(  # type: ignore[override]
-        self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
-    ) -> Any:
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if verify is None:
-            settings["verify"] = self.verify
-        return settings
-
-
 def check_server_url(url: str) -> str:
     """``url`` without a trailing slash. Raises InputError unless it is http(s)://HOST[:PORT]."""
     try:
@@ -108,9 +97,7 @@ class ApiClient:
         self.has_token = bool(token)
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             raise NotFoundError(f"CA bundle {ca_bundle} does not exist")
-        self._session = _PinnedCASession() if ca_bundle else requests.Session()
-        self._session.verify = ca_bundle if ca_bundle else True
-        self._session.headers["User-Agent"] = USER_AGENT
+        self._session = ca_session(ca_bundle, USER_AGENT)
 
     def request(
         self,
