@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from repo_server._ingest import error_body
+from repo_server._ingest import BodyTooLargeError, error_body, read_capped_body
 
 logger = logging.getLogger(__name__)
 
@@ -110,23 +110,15 @@ class JsonGuard:
             await self.app(scope, receive, send)
             return
         cap = self._max_bytes()
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                await _respond(
-                    send, 413, error_body("too_large", f"a request body is at most {cap} bytes")
-                )
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await read_capped_body(receive, cap)
+        except BodyTooLargeError:
+            await _respond(
+                send, 413, error_body("too_large", f"a request body is at most {cap} bytes")
+            )
+            return
+        if body is None:
+            return
         content_type = ""
         for key, value in scope.get("headers", ()):
             if key == b"content-type":

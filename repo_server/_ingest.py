@@ -63,6 +63,31 @@ _STATUS_BY_OUTCOME = {
 }
 
 
+class BodyTooLargeError(Exception):
+    """A request body went past its cap; reading stopped there."""
+
+
+async def read_capped_body(receive: Receive, cap: int) -> bytes | None:
+    """The whole ASGI request body, or None when the client went away.
+
+    Raises:
+        BodyTooLargeError: more than ``cap`` bytes; nothing past the cap is kept.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLargeError
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def error_body(code: str, message: str) -> bytes:
     """The JSON error body every route answers with (``_errors``)."""
     return json.dumps({"error": code, "message": message}).encode()
@@ -311,25 +336,17 @@ class ReportFastPath:
         await self.app(scope, receive, send)
 
     async def _answer(self, device_id: str, receive: Receive, send: Send) -> None:
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        try:
+            body = await read_capped_body(receive, MAX_REPORT_BYTES)
+        except BodyTooLargeError:  # stop reading: the answer is known
+            status, payload = (
+                413,
+                error_body("too_large", f"a report is at most {MAX_REPORT_BYTES} bytes"),
+            )
+        else:
+            if body is None:
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_REPORT_BYTES:  # stop reading: the answer is known
-                status, payload = (
-                    413,
-                    error_body("too_large", f"a report is at most {MAX_REPORT_BYTES} bytes"),
-                )
-                break
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                status, payload = await self._ingestor().ingest(device_id, body)
-                break
+            status, payload = await self._ingestor().ingest(device_id, body)
         await send(
             {
                 "type": "http.response.start",
