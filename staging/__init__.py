@@ -61,6 +61,7 @@ from staging._model import (
 )
 from staging._patch import EXPOSURES, Fix, Release, ReleaseCatalog
 from staging._plan import PRESETS, Preset, build_plan, is_critical, parse_duration, parse_fraction
+from staging._postgres import PostgresTrackerStore, is_postgres_url, open_tracker, redact
 from staging._progress import (
     DeviceSummary,
     FleetStatus,
@@ -72,6 +73,7 @@ from staging._progress import (
 )
 from staging._sinks import AlertSink, LogSink, SnsSink, WebhookSink, build_sink
 from staging._sqlite import SqliteTrackerStore
+from staging._sqlstore import SqlTrackerStore
 from staging._stalls import Finding, find_stall
 from staging._store import REPORT_OUTCOMES, ReportOutcome, TrackerStore
 from tufota_core import MaintenanceWindow, check_window  # re-exported: the parser lives in core
@@ -105,6 +107,7 @@ __all__ = [
     "MaintenanceWindow",
     "NewDevice",
     "Notification",
+    "PostgresTrackerStore",
     "Preset",
     "Release",
     "ReleaseCatalog",
@@ -118,6 +121,7 @@ __all__ = [
     "RolloutStatus",
     "SinkSpec",
     "SnsSink",
+    "SqlTrackerStore",
     "SqliteTrackerStore",
     "StagingConfig",
     "StoreError",
@@ -132,7 +136,10 @@ __all__ = [
     "evaluate",
     "find_stall",
     "is_critical",
+    "is_postgres_url",
     "new_rollout_id",
+    "open_tracker",
     "parse_duration",
     "parse_fraction",
+    "redact",
 ]

@@ -25,7 +25,9 @@ class StagingConfig:
 
     Attributes:
         busy_timeout_seconds: how long a writer waits for another process's
-            lock on the SQLite file before failing with ``StoreError``.
+            write lock on the tracker (SQLite file or PostgreSQL) before
+            failing with ``StoreError``.
+        pool_size: most PostgreSQL connections one store object opens.
         max_tags: most tags one device may carry.
         max_public_key_bytes: largest serialised public key accepted at registration.
         max_reason_length: longest reason text stored with a rollout change.
@@ -60,6 +62,7 @@ class StagingConfig:
     notifications_per_tick: int = 500
     fleet_check_seconds: float = 60.0
     clock_skew_seconds: float = 300.0
+    pool_size: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -82,6 +85,7 @@ class StagingConfig:
             "max_findings_per_rollout",
             "notification_attempts",
             "notifications_per_tick",
+            "pool_size",
         ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1")

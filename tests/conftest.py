@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from repo_server import Repository, add_release_locally
+from tests._postgres import PostgresServer
+from tests._postgres import postgres_server as start_postgres
 from tufota_core import FirmwareInfo
 
 PASSPHRASE = "test passphrase"
@@ -36,3 +39,16 @@ def released_repo(repo: Repository, tmp_path: Path) -> Repository:
         image.write_bytes(f"image {version}\n".encode() * 1000)
         add_release_locally(repo, image, FirmwareInfo("gw-100", version), ask)
     return repo
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL cluster for the whole run (initdb + pg_ctl in a temporary directory)."""
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

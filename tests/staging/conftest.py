@@ -1,4 +1,7 @@
-"""Fixtures for staging: a real SQLite tracker file, a recording publisher, a fake clock."""
+"""Fixtures for staging: a real tracker (SQLite and PostgreSQL), a recording publisher, a clock.
+
+Every test taking ``store`` runs on both backends.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from staging import RolloutController, SqliteTrackerStore
+from staging import PostgresTrackerStore, RolloutController, SqliteTrackerStore, SqlTrackerStore
 from tests.staging.helpers import Devices, FakeClock, RecordingPublisher
 
 
@@ -16,10 +19,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteTrackerStore]:
-    with SqliteTrackerStore(tmp_path / "tracker.db") as s:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlTrackerStore]:
+    if request.param == "sqlite":
+        with SqliteTrackerStore(tmp_path / "tracker.db") as s:
+            yield s
+        return
+    url = request.getfixturevalue("postgres_url")
+    with PostgresTrackerStore(url) as s:
         yield s
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tracker_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a tracker lives, on each backend: an SQLite file path or a fresh database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "tracker.db")
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
@@ -28,12 +44,12 @@ def publisher() -> RecordingPublisher:
 
 
 @pytest.fixture
-def devices(store: SqliteTrackerStore, clock: FakeClock) -> Devices:
+def devices(store: SqlTrackerStore, clock: FakeClock) -> Devices:
     return Devices(store, clock)
 
 
 @pytest.fixture
 def controller(
-    store: SqliteTrackerStore, publisher: RecordingPublisher, clock: FakeClock
+    store: SqlTrackerStore, publisher: RecordingPublisher, clock: FakeClock
 ) -> RolloutController:
     return RolloutController(store, publisher, clock=clock)

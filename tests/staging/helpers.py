@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from staging import SqliteTrackerStore
+from staging import PostgresTrackerStore, SqliteTrackerStore, SqlTrackerStore
 from tufota_core import Report, RolloutDoc, TransportError
 
 HW = "gw-100"
@@ -147,3 +147,11 @@ class WebhookReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def reopen(store: SqlTrackerStore) -> SqlTrackerStore:
+    """A second store object on the same database, as another process would open it."""
+    if isinstance(store, PostgresTrackerStore):
+        return PostgresTrackerStore(store._url)
+    assert isinstance(store, SqliteTrackerStore)
+    return SqliteTrackerStore(store._path)

@@ -25,7 +25,7 @@ from staging import (
     evaluate,
 )
 from staging._progress import count_devices
-from tests.staging.helpers import HW, START, Devices, FakeClock, RecordingPublisher
+from tests.staging.helpers import HW, START, Devices, FakeClock, RecordingPublisher, reopen
 from tufota_core import FirmwareInfo, Report, TransportError, format_time, parse_wave_spec
 
 V2 = "2.0.0"
@@ -248,7 +248,7 @@ def test_two_processes_never_claim_the_same_notification(
     rid = _start(ctl, failure_threshold=0.5)
     devices.report(ids[0], "failed", target=V2, rollout_id=rid, error_code="install_failed")
     ctl._step(store.get_rollout(rid))  # pause and open the alert, deliver nothing yet
-    with SqliteTrackerStore(store._path) as other:
+    with reopen(store) as other:
         first = other.due_notifications(clock())
     second = store.due_notifications(clock())
     assert len(first) == 2

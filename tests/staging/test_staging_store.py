@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from staging import ReplayError, RolloutOptions, SqliteTrackerStore, StagingConfig, StoreError
+from staging import (
+    ReplayError,
+    RolloutOptions,
+    SqliteTrackerStore,
+    SqlTrackerStore,
+    StagingConfig,
+    StoreError,
+    open_tracker,
+)
+from staging._postgres import lock_key
 from tests.staging.helpers import HW, START, Devices, FakeClock
 from tufota_core import (
     ConflictError,
@@ -254,20 +263,33 @@ def test_a_pending_device_still_reports_through_record_report(
     assert store.get_device(dev).last_seq == 1
 
 
-def test_a_batch_that_fails_applies_nothing(devices: Devices, store: SqliteTrackerStore) -> None:
-    first, second = devices.add(2)
-    quick = SqliteTrackerStore(store._path, StagingConfig(busy_timeout_seconds=0.1))
-    blocker = sqlite3.connect(store._path, timeout=0)
-    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-    try:
-        batch = [Report(first, HW, 1, "idle"), Report(second, HW, 1, "idle")]
-        with pytest.raises(StoreError, match="locked"):
-            quick.record_reports(batch, START)
-    finally:
-        blocker.rollback()
-        blocker.close()
-        quick.close()
-    assert store.get_device(first).last_seq == store.get_device(second).last_seq == 0
+def _hold_write_lock(location: str) -> Any:
+    """Another process's connection, holding the tracker's write lock until rolled back."""
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        blocker = psycopg.connect(location)
+        blocker.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("tracker-write"),))
+        return blocker
+    blocker = sqlite3.connect(location, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def test_a_batch_that_fails_applies_nothing(tracker_location: str) -> None:
+    with open_tracker(tracker_location) as store:
+        first, second = Devices(store, FakeClock()).add(2)
+        quick = open_tracker(tracker_location, StagingConfig(busy_timeout_seconds=0.2))
+        blocker = _hold_write_lock(tracker_location)
+        try:
+            batch = [Report(first, HW, 1, "idle"), Report(second, HW, 1, "idle")]
+            with pytest.raises(StoreError, match="locked"):
+                quick.record_reports(batch, START)
+        finally:
+            blocker.rollback()
+            blocker.close()
+            quick.close()
+        assert store.get_device(first).last_seq == store.get_device(second).last_seq == 0
 
 
 # -- rollouts -------------------------------------------------------------------------
@@ -383,35 +405,30 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
             probe.close()
 
 
-def test_database_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "tracker.db"
-    SqliteTrackerStore(path).close()
-    conn = sqlite3.connect(path)
-    with conn:
+def test_database_from_a_newer_schema_is_refused(tracker_location: str) -> None:
+    with open_tracker(tracker_location) as store, store._tx(write=True) as conn:
         conn.execute("UPDATE schema_version SET version = 99")
-    conn.close()
     with pytest.raises(StoreError, match="schema v99"):
-        SqliteTrackerStore(path)
+        open_tracker(tracker_location)
 
 
-def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    store = SqliteTrackerStore(tmp_path / "tracker.db")
+def test_closed_store_refuses_work(tracker_location: str) -> None:
+    store = open_tracker(tracker_location)
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list_devices()
 
 
 def test_server_and_cli_connections_write_concurrently_without_losing_reports(
-    tmp_path: Path,
+    tracker_location: str,
 ) -> None:
-    path = tmp_path / "tracker.db"
-    server = SqliteTrackerStore(path)
-    cli = SqliteTrackerStore(path)
+    server = open_tracker(tracker_location)
+    cli = open_tracker(tracker_location)
     clock = FakeClock()
     ids = Devices(server, clock).add(20)
     errors: list[BaseException] = []
 
-    def report_all(store: SqliteTrackerStore, seqs: range) -> None:
+    def report_all(store: SqlTrackerStore, seqs: range) -> None:
         try:
             for seq in seqs:
                 for dev in ids:
@@ -419,7 +436,7 @@ def test_server_and_cli_connections_write_concurrently_without_losing_reports(
         except BaseException as e:  # surfaced by the assertion below
             errors.append(e)
 
-    def start_rollouts(store: SqliteTrackerStore) -> None:
+    def start_rollouts(store: SqlTrackerStore) -> None:
         for i in range(10):
             try:
                 _rollout(store, f"cli-{i}", hardware_id=f"line-{i}")
@@ -441,13 +458,14 @@ def test_server_and_cli_connections_write_concurrently_without_losing_reports(
     cli.close()
 
 
-def test_concurrent_rollout_starts_for_one_hardware_admit_exactly_one(tmp_path: Path) -> None:
-    path = tmp_path / "tracker.db"
-    stores = [SqliteTrackerStore(path) for _ in range(4)]
+def test_concurrent_rollout_starts_for_one_hardware_admit_exactly_one(
+    tracker_location: str,
+) -> None:
+    stores = [open_tracker(tracker_location) for _ in range(4)]
     outcomes: list[str] = []
     barrier = threading.Barrier(len(stores))
 
-    def start(store: SqliteTrackerStore, n: int) -> None:
+    def start(store: SqlTrackerStore, n: int) -> None:
         barrier.wait()
         try:
             _rollout(store, f"r{n}")
@@ -465,20 +483,19 @@ def test_concurrent_rollout_starts_for_one_hardware_admit_exactly_one(tmp_path: 
         s.close()
 
 
-def test_another_process_sees_committed_reports(tmp_path: Path) -> None:
-    path = tmp_path / "tracker.db"
-    with SqliteTrackerStore(path) as store:
+def test_another_process_sees_committed_reports(tracker_location: str) -> None:
+    with open_tracker(tracker_location) as store:
         store.register_device("dev-1", HW, public_key={})
         script = (
             "import sys\n"
             "from datetime import UTC, datetime\n"
-            "from staging import SqliteTrackerStore\n"
+            "from staging import open_tracker\n"
             "from tufota_core import Report\n"
-            "with SqliteTrackerStore(sys.argv[1]) as s:\n"
+            "with open_tracker(sys.argv[1]) as s:\n"
             "    for seq in range(1, 51):\n"
             f"        s.record_report(Report('dev-1', '{HW}', seq, 'idle'), datetime.now(UTC))\n"
         )
-        child = subprocess.Popen([sys.executable, "-c", script, str(path)])
+        child = subprocess.Popen([sys.executable, "-c", script, tracker_location])
         for _ in range(50):  # the operator reads while the server writes
             store.list_devices()
             store.set_device_status("dev-1", "accepted")
