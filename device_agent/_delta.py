@@ -1,4 +1,4 @@
-"""Apply a ``tufota-delta/1`` delta on the device: stream from the active slot into a new image.
+"""Apply a ``tufota-delta/1`` or ``/2`` delta on the device: stream from the active slot.
 
 The applier is a verifier: it always either produces an image whose length
 and SHA-256 equal the *signed full image's* or raises an error with a
@@ -17,12 +17,21 @@ Steps (each failure has its own report code):
 4. Operations are replayed with the output capped at the signed result
    length: more output, or bytes left over in a stream, is ``delta_too_long``;
    a stream that ends early is ``delta_truncated``.
+   A DEFLATE operation (``/2`` only) parses a gzip file of the source into
+   its token string, rebuilds the new token string and encodes it; a source
+   file that is not gzip, a token string that is not well formed or over
+   ``MAX_TOKEN_STRING``, or an encoding of another length than declared is
+   ``delta_bad_tokens``.
 5. The output's length and SHA-256 must equal the signed full image's
    (``delta_result_mismatch``); only then is it renamed to ``dest``.
 
 Memory is bounded by ``DeltaLimits``: one chunk of each stream, the source
-chunk and the output chunk, plus xz decoders capped at ``memlimit`` each.
-Only the standard library is used (lzma, hashlib).
+chunk and the output chunk, plus xz decoders capped at ``memlimit`` each;
+during a DEFLATE operation also one compressed source file and two token
+strings, each at most ``MAX_TOKEN_STRING`` (8 MiB). A delta format this
+version does not know is refused before it is fetched
+(``delta_unsupported_format``). Only the standard library is used (lzma,
+hashlib, and :mod:`tufota_core._deflate`, pure Python).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import hashlib
 import logging
 import lzma
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -41,11 +51,16 @@ from tuf.api.metadata import TargetFile
 from device_agent._download import Downloader, DownloadResult, Expected, file_matches
 from device_agent._tufclient import TufClient
 from tufota_core import InputError, InstallError, VerificationError
+from tufota_core._deflate import TokenError, encode_tokens, tokens_of
 from tufota_core._delta import (
+    DELTA_FORMAT_2,
     DELTA_HEADER,
-    DELTA_MAGIC,
+    DELTA_MAGICS,
+    DELTA_UNSUPPORTED_FORMAT,
+    MAX_TOKEN_STRING,
     OP_ADD,
     OP_COPY,
+    OP_DEFLATE,
     OP_END,
     OP_INSERT,
     DeltaInfo,
@@ -61,6 +76,8 @@ DELTA_RESULT_MISMATCH = "delta_result_mismatch"
 DELTA_TRUNCATED = "delta_truncated"
 DELTA_TOO_LONG = "delta_too_long"
 DELTA_WRONG_HARDWARE = "delta_wrong_hardware"
+DELTA_BAD_TOKENS = "delta_bad_tokens"
+DELTA_UNSUPPORTED = DELTA_UNSUPPORTED_FORMAT
 
 
 @dataclass(frozen=True)
@@ -327,8 +344,9 @@ def _replay(
     magic, h_src_len, h_src_sha, h_res_len, h_res_sha, ops_len, diff_len, extra_len = (
         DELTA_HEADER.unpack(header)
     )
-    if magic != DELTA_MAGIC:
-        raise _error(DELTA_MALFORMED, "file is not a tufota-delta/1 delta")
+    if magic != DELTA_MAGICS[info.delta_format]:
+        raise _error(DELTA_MALFORMED, f"file is not a {info.delta_format} delta")
+    deflate_ok = info.delta_format == DELTA_FORMAT_2
     if (h_src_len, h_src_sha.hex()) != (info.source_length, info.source_sha256):
         raise _error(DELTA_SOURCE_MISMATCH, "delta was made from another source image")
     if (h_res_len, h_res_sha.hex()) != (result_length, info.result_sha256):
@@ -360,6 +378,21 @@ def _replay(
             length = ops.varint()
             if length < 1:
                 raise _error(DELTA_MALFORMED, "delta has an empty operation")
+        elif op == OP_DEFLATE and deflate_ok:
+            offset = cursor + unzigzag(ops.varint())
+            length, out_length, tokens = ops.varint(), ops.varint(), ops.varint()
+            if offset < 0 or length < 1 or offset + length > src_length:
+                raise _error(DELTA_MALFORMED, "delta reads outside the source image")
+            if written + out_length > result_length:
+                raise _error(DELTA_TOO_LONG, "delta writes more than the signed image length")
+            cursor = offset + length
+            for piece in _deflate(
+                src, offset, length, out_length, tokens, ops, diff, extra, add, chunk
+            ):
+                out.write(piece)
+                h.update(piece)
+            written += out_length
+            continue
         else:
             raise _error(DELTA_MALFORMED, f"delta has unknown operation {op:#x}")
         if written + length > result_length:
@@ -383,6 +416,70 @@ def _replay(
     for stream in (ops, diff, extra):
         stream.finish()
     return written, h.hexdigest()
+
+
+def _deflate(
+    src: IO[bytes],
+    offset: int,
+    length: int,
+    out_length: int,
+    tokens: int,
+    ops: _Stream,
+    diff: _Stream,
+    extra: _Stream,
+    add: _Adder,
+    chunk: int,
+) -> Iterator[bytes]:
+    """Replay one DEFLATE operation's nested operations; yield the encoded gzip file."""
+    if max(length, tokens) > MAX_TOKEN_STRING or out_length < 1:
+        raise _error(DELTA_BAD_TOKENS, "delta token string is larger than this device allows")
+    src.seek(offset)
+    data = src.read(length)
+    if len(data) != length:
+        raise _error(DELTA_SOURCE_MISMATCH, "the active image changed while read")
+    try:
+        old = tokens_of(data, MAX_TOKEN_STRING)
+    except TokenError as e:
+        raise _error(DELTA_BAD_TOKENS, f"delta names a source file that is not gzip: {e}") from e
+    del data
+    new = bytearray()
+    cursor = 0
+    while (op := ops.byte()) != OP_END:
+        if op in (OP_COPY, OP_ADD):
+            at = cursor + unzigzag(ops.varint())
+            n = ops.varint()
+            if at < 0 or n < 1 or at + n > len(old):
+                raise _error(DELTA_BAD_TOKENS, "delta reads outside the source token string")
+            cursor = at + n
+        elif op == OP_INSERT:
+            n = ops.varint()
+        else:
+            raise _error(DELTA_BAD_TOKENS, f"delta has operation {op:#x} inside DEFLATE")
+        if n < 1 or len(new) + n > tokens:
+            raise _error(DELTA_BAD_TOKENS, "delta token string is longer than declared")
+        if op == OP_COPY:
+            new += old[at : at + n]
+            continue
+        for done in range(0, n, chunk):
+            m = min(chunk, n - done)
+            if op == OP_ADD:
+                new += add(old[at + done : at + done + m], diff.read(m))
+            else:
+                new += extra.read(m)
+    if len(new) != tokens:
+        raise _error(DELTA_BAD_TOKENS, "delta token string is shorter than declared")
+    del old
+    produced = 0
+    try:
+        for piece in encode_tokens(new, chunk):
+            produced += len(piece)
+            if produced > out_length:
+                break
+            yield piece
+    except TokenError as e:
+        raise _error(DELTA_BAD_TOKENS, f"delta token string is malformed: {e}") from e
+    if produced != out_length:
+        raise _error(DELTA_BAD_TOKENS, "delta token string encodes to another length")
 
 
 # -- choosing and fetching a delta (the orchestrator's side) -----------------------------
@@ -463,7 +560,8 @@ def fetch_via_delta(
         try:
             info = DeltaInfo.from_custom(target.custom)
         except InputError as e:
-            raise _error(DELTA_MALFORMED, f"delta {path}: {e}") from e
+            code = DELTA_UNSUPPORTED if e.code == DELTA_UNSUPPORTED else DELTA_MALFORMED
+            raise _error(code, f"delta {path}: {e}") from e
         check_delta_info(
             info,
             hardware_id=hardware_id,

@@ -66,6 +66,7 @@ def deb_image(cache: Path, package: str, version: str) -> Path:
         found = [p for p in debs.glob(f"{package}_*.deb") if version in p.name]
     tree = cache / "x" / stem
     if not tree.exists():
+        tree.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg-deb", "-x", str(found[0]), str(tree)], check=True)
     image.parent.mkdir(parents=True, exist_ok=True)
     part = image.with_suffix(".part")
@@ -107,7 +108,8 @@ from pathlib import Path
 from signing._delta import make_delta
 s = make_delta(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
 json.dump({"sections": s.sections, "copied": s.copied, "diffed": s.diffed,
-           "stored": s.stored, "members": s.members}, open(sys.argv[4], "w"))
+           "stored": s.stored, "members": s.members, "tokenized": s.tokenized,
+           "format": s.format}, open(sys.argv[4], "w"))
 """
 
 APPLY = """
@@ -126,7 +128,7 @@ def sha(p):
 old, new, delta, out = map(Path, sys.argv[1:5])
 result = sys.argv[5]
 info = DeltaInfo("bench", "1.0.0", old.stat().st_size, sha(old), result, "2.0.0",
-                 new.stat().st_size, sha(new))
+                 new.stat().st_size, sha(new), sys.argv[7])
 start = time.monotonic()
 apply_delta(info, old, delta, out, hardware_id="bench", result_target=result,
             result_length=info.result_length, result_sha256=info.result_sha256)
@@ -165,7 +167,12 @@ def sha256(path: Path) -> str:
 
 def code_key() -> str:
     h = hashlib.sha256()
-    for rel in ("signing/_delta.py", "device_agent/_delta.py", "tufota_core/_delta.py"):
+    for rel in (
+        "signing/_delta.py",
+        "device_agent/_delta.py",
+        "tufota_core/_delta.py",
+        "tufota_core/_deflate.py",
+    ):
         h.update((ROOT / rel).read_bytes())
     return h.hexdigest()[:12]
 
@@ -235,6 +242,7 @@ def measure(cache: Path, name: str, old: Path, new: Path, results: dict[str, Any
                 str(out),
                 "firmware/bench/2.0.0/image.tar",
                 str(work / "apply.json"),
+                got[f"tufota{tag}"].get("format", "tufota-delta/1"),
             )
         )
         out.unlink()
@@ -305,8 +313,9 @@ def report(results: dict[str, Any], names: list[str]) -> None:
     for name, got in rows:
         t = got[f"tufota{tag}"]
         print(
-            f"\n{name}: {t['members']} members: {t['copied']} copied, {t['diffed']} diffed, "
-            f"{t['stored']} stored; sections {t['sections']}"
+            f"\n{name}: {t['members']} members: {t['copied']} copied, {t['diffed']} diffed "
+            f"({t.get('tokenized', 0)} gzip files by their tokens), {t['stored']} stored; "
+            f"{t.get('format', 'tufota-delta/1')}; sections {t['sections']}"
         )
 
 

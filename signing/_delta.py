@@ -17,6 +17,12 @@ Method (chosen by measurement, see docs/decisions/0008-delta-format.md):
    ``window_margin``, which bounds the matcher's memory.
 3. The ops, diff and extra streams are xz-compressed separately with a
    dictionary of at most ``dict_size`` so a device decodes them in bounded memory.
+4. A changed member that is a gzip file on both sides, and whose token
+   strings (:mod:`tufota_core._deflate`) re-encode to both files bit for bit,
+   becomes one DEFLATE operation: the new token string is diffed against the
+   old one (step 2) instead of the compressed bytes, which differ from the
+   first change on. Such a delta is ``tufota-delta/2``; without one it stays
+   ``/1`` so devices that know only ``/1`` keep using it.
 
 Invariants: the output file is written under a temporary name and renamed
 only once complete; generation never changes its inputs; the delta
@@ -45,11 +51,16 @@ from typing import IO, Any
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from tufota_core import FirmwareInfo, InputError, NotFoundError, TufotaError, Version
+from tufota_core._deflate import reproducible_tokens
 from tufota_core._delta import (
+    DELTA_FORMAT,
+    DELTA_FORMAT_2,
     DELTA_HEADER,
-    DELTA_MAGIC,
+    DELTA_MAGICS,
+    MAX_TOKEN_STRING,
     OP_ADD,
     OP_COPY,
+    OP_DEFLATE,
     OP_END,
     OP_INSERT,
     DeltaInfo,
@@ -76,6 +87,10 @@ class DeltaConfig:
         max_ratio: A delta larger than this share of the result image is not
             worth publishing (:func:`worth_publishing`).
         max_image: Largest image accepted.
+        deflate: Diff gzip members by their token strings when they re-encode
+            exactly (makes a ``tufota-delta/2`` delta when used).
+        max_tokens: Largest token string diffed so; at most the limit every
+            device enforces (``MAX_TOKEN_STRING``).
     """
 
     window: int = 64 * 1024 * 1024
@@ -85,6 +100,8 @@ class DeltaConfig:
     extreme: bool = True
     max_ratio: float = 0.5
     max_image: int = 8 * 1024 * 1024 * 1024
+    deflate: bool = True
+    max_tokens: int = MAX_TOKEN_STRING
 
 
 @dataclass
@@ -97,6 +114,8 @@ class DeltaStats:
         seconds: Wall time of generation.
         members, copied, diffed, stored: Tar members (1 for a raw image) and
             how each was encoded.
+        tokenized: Of the diffed members, gzip files diffed by their token strings.
+        format: The delta's format (``tufota-delta/1`` or ``/2``).
         source_sha256, result_sha256: Hashes of the two images.
     """
 
@@ -108,6 +127,8 @@ class DeltaStats:
     copied: int = 0
     diffed: int = 0
     stored: int = 0
+    tokenized: int = 0
+    format: str = DELTA_FORMAT
     source_sha256: str = ""
     result_sha256: str = ""
     sections: dict[str, int] = field(default_factory=dict)
@@ -169,6 +190,28 @@ class _Writer:
         self._ops = bytearray()
         # A pending COPY is held back so contiguous copies merge into one.
         self._copy: list[int] | None = None
+        self.deflated = 0
+        self._outer: tuple[int, int, int] | None = None  # inside DEFLATE: what to resume
+
+    def begin_deflate(self, offset: int, length: int, result_length: int, tokens: int) -> None:
+        """Start a DEFLATE operation; copy/add/insert then address the token strings."""
+        self._emit_copy()
+        self._ops.append(OP_DEFLATE)
+        for value in (zigzag(offset - self.cursor), length, result_length, tokens):
+            self._ops += encode_varint(value)
+        self._outer = (offset + length, self.out_length + result_length, tokens)
+        self.cursor = self.out_length = 0
+
+    def end_deflate(self) -> None:
+        assert self._outer is not None
+        self._emit_copy()
+        self._ops.append(OP_END)
+        cursor, out_length, tokens = self._outer
+        if self.out_length != tokens:
+            raise TufotaError(f"token diff covers {self.out_length} of {tokens} bytes")
+        self.cursor, self.out_length, self._outer = cursor, out_length, None
+        self.deflated += 1
+        self._flush_ops()
 
     def _put(self, name: str, data: bytes | memoryview) -> None:
         if data:
@@ -285,6 +328,34 @@ def _diff_member(
             writer.insert(piece)
             continue
         _bsdiff(writer, _read_at(src, old.data + lo, hi - lo), old.data + lo, piece, matcher)
+
+
+def _diff_tokens(
+    writer: _Writer,
+    src: IO[bytes],
+    old: _Member,
+    new_data: bytes,
+    config: DeltaConfig,
+    matcher: Any,
+) -> bool:
+    """Diff two gzip members by their token strings; False (nothing written) when they can't be."""
+    gzip_magic = b"\x1f\x8b\x08"
+    if not config.deflate or not new_data.startswith(gzip_magic):
+        return False
+    old_data = _read_at(src, old.data, old.size)
+    if not old_data.startswith(gzip_magic):
+        return False
+    limit = min(config.max_tokens, MAX_TOKEN_STRING)
+    if max(old.size, len(new_data)) > limit:
+        return False
+    old_tokens = reproducible_tokens(old_data, limit)
+    new_tokens = reproducible_tokens(new_data, limit) if old_tokens is not None else None
+    if old_tokens is None or new_tokens is None:
+        return False
+    writer.begin_deflate(old.data, old.size, len(new_data), len(new_tokens))
+    _bsdiff(writer, old_tokens, 0, new_tokens, matcher)
+    writer.end_deflate()
+    return True
 
 
 def _load_matcher() -> Any:
@@ -405,7 +476,8 @@ def make_delta(
                     writer.copy(old.data, old.size)
                     stats.copied += 1
                 elif old is not None and old.size and new.size:
-                    _diff_member(writer, src, old, data, config, matcher)
+                    if not _diff_tokens(writer, src, old, data, config, matcher):
+                        _diff_member(writer, src, old, data, config, matcher)
                     stats.diffed += 1
                 else:
                     writer.insert(data)
@@ -417,11 +489,13 @@ def make_delta(
         if writer.out_length != res_len:
             raise TufotaError(f"delta covers {writer.out_length} of {res_len} bytes")
         stats.sections = sizes
+        stats.tokenized = writer.deflated
+        stats.format = DELTA_FORMAT_2 if writer.deflated else DELTA_FORMAT
         part = tmp / "delta"
         with open(part, "wb") as f:
             f.write(
                 DELTA_HEADER.pack(
-                    DELTA_MAGIC,
+                    DELTA_MAGICS[stats.format],
                     src_len,
                     bytes.fromhex(stats.source_sha256),
                     res_len,
@@ -533,6 +607,7 @@ def add_deltas(
                 result_version=info.version,
                 result_length=result.length,
                 result_sha256=result.hashes["sha256"],
+                delta_format=stats.format,
             )
             target_path = delta_target_path(
                 info.hardware_id, info.version, result.path.rsplit("/", 1)[-1], version

@@ -5,9 +5,9 @@ active slot) into the next signed full image of the same product line (the
 *result*). It is published as its own TUF target, signed by the product-line
 key, beside the result's full image.
 
-Delta file (``tufota-delta/1``), all integers little-endian::
+Delta file (``tufota-delta/1`` and ``/2``), all integers little-endian::
 
-    header   magic "TUFOTAD1" | source length u64 | source sha256 (32)
+    header   magic "TUFOTAD1" (or "TUFOTAD2") | source length u64 | source sha256 (32)
              | result length u64 | result sha256 (32)
              | ops length u64 | diff length u64 | extra length u64
     ops      xz stream of operations (below), ending with END
@@ -18,9 +18,23 @@ Delta file (``tufota-delta/1``), all integers little-endian::
                ADD    0x02 varint(zigzag(source offset - cursor)) varint(length)
                INSERT 0x03 varint(length)
                END    0x00
+    /2 only:   DEFLATE 0x04 varint(zigzag(source offset - cursor)) varint(source length)
+                      varint(result length) varint(token string length)
+                      nested COPY / ADD / INSERT operations, END
 
 ``cursor`` is the end of the previous source read (0 at start). Every length
 is >= 1, so an operation always writes at least one byte.
+
+DEFLATE rebuilds a gzip file that the image carries recompressed (a
+changelog rewritten each release): the source bytes it names are a gzip
+file whose token string (:mod:`tufota_core._deflate`) the nested operations
+read from, with their own cursor starting at 0 and the same diff and extra
+streams; they write the new file's token string (of the stated length),
+which is encoded back into ``result length`` bytes of the image. The
+generator uses it only after checking that both files re-encode bit for bit.
+A delta is ``/2`` only when it has a DEFLATE operation, so devices that know
+only ``/1`` keep using the other deltas; an unknown format is refused with
+its own code (``delta_unsupported_format``) before anything is fetched.
 
 Invariants:
 * The header only repeats what the signed ``custom`` field says; an applier
@@ -42,7 +56,14 @@ from tufota_core._names import FIRMWARE_PREFIX, check_hardware_id, firmware_targ
 from tufota_core._semver import Version
 
 DELTA_FORMAT = "tufota-delta/1"
+DELTA_FORMAT_2 = "tufota-delta/2"
 DELTA_MAGIC = b"TUFOTAD1"
+DELTA_MAGIC_2 = b"TUFOTAD2"
+# Format -> header magic, for the formats this version reads and writes.
+DELTA_MAGICS = {DELTA_FORMAT: DELTA_MAGIC, DELTA_FORMAT_2: DELTA_MAGIC_2}
+DELTA_UNSUPPORTED_FORMAT = "delta_unsupported_format"
+# Largest token string of one DEFLATE operation (either side): bounds a device's memory.
+MAX_TOKEN_STRING = 8 * 1024 * 1024
 # magic, source length, source sha256, result length, result sha256, three section lengths
 DELTA_HEADER = struct.Struct("<8sQ32sQ32sQQQ")
 DELTA_SUFFIX = ".tfdelta"
@@ -51,6 +72,7 @@ OP_END = 0x00
 OP_COPY = 0x01
 OP_ADD = 0x02
 OP_INSERT = 0x03
+OP_DEFLATE = 0x04
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -109,6 +131,7 @@ class DeltaInfo:
             holds exactly these bytes.
         result_target: Target path of the signed full image the delta rebuilds.
         result_version, result_length, result_sha256: That full image.
+        delta_format: ``tufota-delta/1`` or ``/2`` (the file's header magic must agree).
     """
 
     hardware_id: str
@@ -119,8 +142,14 @@ class DeltaInfo:
     result_version: str
     result_length: int
     result_sha256: str
+    delta_format: str = DELTA_FORMAT
 
     def __post_init__(self) -> None:
+        if self.delta_format not in DELTA_MAGICS:
+            raise InputError(
+                f"delta format {self.delta_format!r} is not supported",
+                code=DELTA_UNSUPPORTED_FORMAT,
+            )
         check_hardware_id(self.hardware_id)
         Version.parse(self.source_version)
         Version.parse(self.result_version)
@@ -139,7 +168,7 @@ class DeltaInfo:
     def to_custom(self) -> dict[str, Any]:
         """The JSON object stored as the delta target's ``custom`` field."""
         return {
-            "delta_format": DELTA_FORMAT,
+            "delta_format": self.delta_format,
             "hardware_id": self.hardware_id,
             "source": {
                 "version": self.source_version,
@@ -159,10 +188,18 @@ class DeltaInfo:
         """Read a delta target's ``custom`` field.
 
         Raises:
-            InputError: not a delta of a known format, or a field is missing or malformed.
+            InputError: not a delta, a field is missing or malformed, or (code
+                ``delta_unsupported_format``) a delta format this version does not know.
         """
-        if not isinstance(custom, dict) or custom.get("delta_format") != DELTA_FORMAT:
-            raise InputError(f"target is not a {DELTA_FORMAT} delta")
+        if not is_delta_custom(custom):
+            raise InputError("target is not a tufota delta")
+        fmt = custom["delta_format"]
+        if not isinstance(fmt, str) or fmt not in DELTA_MAGICS:
+            raise InputError(
+                f"delta format {custom['delta_format']!r} is not supported "
+                f"(known: {', '.join(DELTA_MAGICS)})",
+                code=DELTA_UNSUPPORTED_FORMAT,
+            )
         try:
             source, result = custom["source"], custom["result"]
             if not isinstance(source, dict) or not isinstance(result, dict):
@@ -176,6 +213,7 @@ class DeltaInfo:
                 result_version=str(result["version"]),
                 result_length=result["length"],
                 result_sha256=str(result["sha256"]),
+                delta_format=str(custom["delta_format"]),
             )
         except (KeyError, TypeError) as e:
             raise InputError(f"delta custom field is malformed: {e}") from e

@@ -23,12 +23,15 @@ from device_agent._delta import (
     DELTA_SOURCE_MISMATCH,
     DELTA_TOO_LONG,
     DELTA_TRUNCATED,
+    DELTA_UNSUPPORTED,
     DELTA_WRONG_HARDWARE,
 )
 from signing._delta import make_delta
+from tests.delta.test_deflate_tokens import _changelog, _gnu_gzip
 from tests.delta.test_delta import _binary, _shift, _tar
 from tests.device_agent.conftest import FACTORY, HW, Env
 from tufota_core import DeltaInfo, delta_target_path, firmware_target_path
+from tufota_core._delta import DELTA_FORMAT_2
 
 NEW = "1.1.0"
 FULL = firmware_target_path(HW, NEW, "fw.bin")
@@ -117,6 +120,12 @@ CASES = {
     "truncated": (DELTA_TRUNCATED, lambda t, o, n: _good(t, o, n)[:-40], {}),
     "endless": (DELTA_TOO_LONG, lambda t, o, n: _good(t, o, n) + b"\0" * 4096, {}),
     "garbage": (DELTA_MALFORMED, lambda t, o, n: b"not a delta at all" * 10, {}),
+    # A format this agent does not know: refused from the signed field, never fetched.
+    "unknown-format": (
+        DELTA_UNSUPPORTED,
+        lambda t, o, n: _good(t, o, n),
+        {"delta_format": "tufota-delta/9"},
+    ),
 }
 
 
@@ -135,6 +144,33 @@ def test_a_refused_delta_falls_back_to_the_full_image(env: Env, tmp_path: Path, 
     assert report.delta_from is None
     assert f"delta refused ({code})" in report.message
     assert report.bytes_fetched >= len(new)
+
+
+def test_agent_rebuilds_a_recompressed_changelog_from_a_format_2_delta(
+    env: Env, tmp_path: Path
+) -> None:
+    text = _changelog(41, 300)
+    lib = _binary(23, 100_000)
+    old = _tar(tmp_path / "old.tar", {"a.so": lib, "changelog.gz": _gnu_gzip(text)})
+    new = _tar(
+        tmp_path / "new.tar", {"a.so": lib, "changelog.gz": _gnu_gzip(b"new entry\n" + text)}
+    )
+    stats = make_delta(old, new, tmp_path / "d")
+    assert stats.format == DELTA_FORMAT_2
+    delta = _publish(
+        env,
+        tmp_path,
+        old.read_bytes(),
+        new.read_bytes(),
+        delta=(tmp_path / "d").read_bytes(),
+        delta_format=DELTA_FORMAT_2,
+    )
+
+    assert env.agent().run_once().action == ACTION_REBOOTING
+
+    assert _slot_b(env) == new.read_bytes()
+    assert env.server.downloads_of(FULL) == 0
+    assert _downloaded(env).bytes_fetched == len(delta)
 
 
 def test_delta_for_another_source_image_falls_back(env: Env, tmp_path: Path) -> None:
