@@ -8,7 +8,8 @@ Routers (one module each):
 
 Every error body is ``{"error": CODE, "message": TEXT}`` (``_errors``). The
 background tasks (rollout gates, online role refresh) log and survive their
-own failures, so one bad tick cannot stop the server.
+own failures, so one bad tick cannot stop the server; with several replicas
+they run on the leader only (``_leader``).
 """
 
 from __future__ import annotations
@@ -56,15 +57,19 @@ def create_app(ctx: ServerContext, background: bool = True) -> FastAPI:
         tasks = []
         if background:
             tasks = [
-                asyncio.create_task(_every(ctx.tick_interval, "rollout-tick", ctx.controller.tick)),
                 asyncio.create_task(
-                    _every(ctx.refresh_interval, "online-refresh", ctx.refresh_online)
+                    _every(ctx.leader_check_interval, "leader-check", ctx.leadership.check)
+                ),
+                asyncio.create_task(_every(ctx.tick_interval, "rollout-tick", ctx.tick_if_leading)),
+                asyncio.create_task(
+                    _every(ctx.refresh_interval, "online-refresh", ctx.refresh_if_leading)
                 ),
             ]
         yield
         for task in tasks:
             task.cancel()
         await asyncio.to_thread(ctx.close_ingest)
+        await asyncio.to_thread(ctx.leadership.release)
 
     app = FastAPI(
         title="tufota repository server",

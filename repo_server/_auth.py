@@ -8,7 +8,8 @@ Roles and what they may do::
     uploader  upload signed release bundles (and nothing else)
 
 Tokens look like ``tfo_<id>_<secret>``; only a SHA-256 of each is stored (in
-``REPO/tokens.json``, written atomically), so a stolen file grants nothing.
+the tracker database, so every replica sees the same tokens), so a stolen
+database grants nothing.
 Comparison is constant-time. A token may carry an expiry; past it, requests
 get 401 ``token_expired``. Device reports do not use tokens: they are
 authenticated by the device's signature.
@@ -21,22 +22,23 @@ or ``X-Real-IP`` present): behind a same-host proxy every client is loopback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
-import os
+import logging
 import secrets
-import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from repo_server._errors import ApiError
 from tufota_core import (
+    ConflictError,
     InputError,
     NotFoundError,
     RepositoryError,
@@ -44,6 +46,11 @@ from tufota_core import (
     parse_time,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from staging import SqlTrackerStore
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("viewer", "operator", "uploader")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -83,37 +90,47 @@ def _digest(secret: str) -> str:
 
 
 class TokenStore:
-    """API tokens kept in a JSON file (hashes only)."""
+    """API tokens in the tracker database (hashes only), so every replica sees the same ones.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
+    Args:
+        tracker: the tracker store (``api_tokens`` table, schema v4).
+        owned: close ``tracker`` with this store.
+    """
 
-    def _read(self) -> list[TokenRecord]:
+    def __init__(self, tracker: SqlTrackerStore, *, owned: bool = False) -> None:
+        self.tracker = tracker
+        self._owned = owned
+
+    def import_file(self, path: Path) -> int:
+        """Import the tokens of a pre-v4 ``tokens.json`` once, then rename the file.
+
+        Tokens already in the database are kept as they are. Returns how many were added.
+
+        Raises:
+            RepositoryError: the file exists but cannot be read or is malformed.
+        """
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
-            return []
+            return 0
         except (OSError, ValueError) as e:
-            raise RepositoryError(f"cannot read {self.path}: {e}") from e
+            raise RepositoryError(f"cannot read {path}: {e}") from e
         try:
-            return [TokenRecord(**t) for t in data["tokens"]]
+            records = [TokenRecord(**t) for t in data["tokens"]]
         except (KeyError, TypeError) as e:
-            raise RepositoryError(f"{self.path} is malformed: {e}") from e
-
-    def _write(self, records: list[TokenRecord]) -> None:
-        body = json.dumps({"tokens": [asdict(r) for r in records]}, indent=1) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            raise RepositoryError(f"{path} is malformed: {e}") from e
+        added = 0
+        for record in records:
+            if self.tracker.get_token(record.token_id) is None:
+                try:
+                    self.tracker.add_token(asdict(record))
+                    added += 1
+                except ConflictError:
+                    pass  # another replica imported it meanwhile
+        with contextlib.suppress(OSError):
+            path.replace(path.with_name(path.name + ".imported"))
+        logger.info("imported %d API tokens from %s into the tracker", added, path)
+        return added
 
     def create(self, name: str, role: str, lifetime: timedelta | None = None) -> str:
         """Create a token and return it; it is shown once and never stored.
@@ -135,36 +152,30 @@ class TokenStore:
         token = f"{_PREFIX}{token_id}_{secret}"
         now = utcnow()
         expires = format_time(now + lifetime) if lifetime is not None else None
-        with self._lock:
-            records = self._read()
-            records.append(
-                TokenRecord(token_id, name, role, _digest(token), format_time(now), expires)
-            )
-            self._write(records)
+        record = TokenRecord(token_id, name, role, _digest(token), format_time(now), expires)
+        self.tracker.add_token(asdict(record))
         return token
 
     def revoke(self, token_id: str) -> None:
         """Delete a token. Raises NotFoundError."""
-        with self._lock:
-            records = self._read()
-            kept = [r for r in records if r.token_id != token_id]
-            if len(kept) == len(records):
-                raise NotFoundError(f"no token with id {token_id}")
-            self._write(kept)
+        if not self.tracker.remove_token(token_id):
+            raise NotFoundError(f"no token with id {token_id}")
 
     def list(self) -> list[TokenRecord]:
-        return self._read()
+        return [TokenRecord(**r) for r in self.tracker.list_tokens()]
 
     def lookup(self, token: str) -> TokenRecord | None:
         """The token's record (expired or not), or None when the token is unknown."""
         if not token.startswith(_PREFIX):
             return None
         token_id = token[len(_PREFIX) :].split("_", 1)[0]
-        digest = _digest(token)
-        for record in self._read():
-            if record.token_id == token_id and hmac.compare_digest(record.sha256, digest):
-                return record
-        return None
+        if not token_id or len(token_id) > 64:
+            return None
+        found = self.tracker.get_token(token_id)
+        if found is None:
+            return None
+        record = TokenRecord(**found)
+        return record if hmac.compare_digest(record.sha256, _digest(token)) else None
 
     def authenticate(self, token: str) -> Principal | None:
         """The token's principal, or None when the token is unknown or expired."""
@@ -172,6 +183,16 @@ class TokenStore:
         if record is None or record.expired(utcnow()):
             return None
         return Principal(record.name, record.role)
+
+    def close(self) -> None:
+        if self._owned:
+            self.tracker.close()
+
+    def __enter__(self) -> TokenStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 LOCAL_VIEWER = Principal("local", "viewer")

@@ -19,6 +19,7 @@ from fastapi import Request
 from repo_server._auth import Principal, TokenStore, requirement
 from repo_server._config import ServerLimits
 from repo_server._ingest import ReportIngestor
+from repo_server._leader import Leadership
 from repo_server._publisher import Publisher
 from staging import RolloutController, TrackerStore
 from tufota_core import TufotaError, format_time, utcnow
@@ -70,6 +71,9 @@ class ServerContext:
     limits: ServerLimits = field(default_factory=ServerLimits)
     storage_url: str = ""
     refresh: RefreshStatus = field(default_factory=RefreshStatus)
+    leadership: Leadership = field(default_factory=Leadership)
+    leader_check_interval: float = 1.0
+    last_tick: datetime | None = None
     _ingestor: ReportIngestor | None = field(default=None, repr=False)
     _ingest_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _refresh_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -84,6 +88,18 @@ class ServerContext:
             if self._ingestor is None:
                 self._ingestor = ReportIngestor(self.store)
             return self._ingestor
+
+    def tick_if_leading(self) -> None:
+        """One controller tick, on the leader only (gates, waves, monitors, alerts)."""
+        if not self.leadership.check():
+            return
+        self.controller.tick()
+        self.last_tick = utcnow()
+
+    def refresh_if_leading(self) -> None:
+        """Re-sign the online roles due for it, on the leader only."""
+        if self.leadership.check():
+            self.refresh_online()
 
     def close_ingest(self) -> None:
         """Commit the queued reports and stop the writer thread (it restarts on demand)."""

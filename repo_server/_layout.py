@@ -76,9 +76,12 @@ from tufota_core import (
 )
 
 if TYPE_CHECKING:
+    from repo_server._auth import TokenStore
     from repo_server._s3 import S3Location
+    from staging import SqlTrackerStore
 
 CONFIG_FILE = "tufota.json"
+DATABASE_ENV = "TUFOTA_DATABASE_URL"
 FORMAT = 1
 Passphrase = Callable[[], str]
 # The offline keys init creates (in the signing directory) and the online ones (in REPO/keys).
@@ -189,6 +192,8 @@ class Repository:
         self.storage: Storage = storage or make_storage(path, config)
         self.expiry = Expiry()
         self.signing_dir = signing_dir or default_signing_dir(path)
+        #: the tracker database URL (``--database``/``TUFOTA_DATABASE_URL``); None: the SQLite file
+        self.database: str | None = None
 
     @property
     def storage_url(self) -> str:
@@ -205,7 +210,35 @@ class Repository:
 
     @property
     def tokens_path(self) -> Path:
+        """Where tokens lived before schema v4; imported into the tracker when found."""
         return self.path / "tokens.json"
+
+    @property
+    def tracker_location(self) -> str:
+        """The tracker's database: ``--database`` URL, else ``REPO/tracker.db``."""
+        return self.database or str(self.tracker_path)
+
+    def open_tracker(self, application_name: str = "tufota") -> SqlTrackerStore:
+        """The tracker store (SQLite file, or PostgreSQL with ``database``).
+
+        Raises:
+            InputError: an unusable database URL.
+            StoreError: the database cannot be opened or has a newer schema.
+        """
+        from staging import open_tracker
+
+        return open_tracker(self.tracker_location, application_name=application_name)
+
+    def token_store(self, tracker: SqlTrackerStore | None = None) -> TokenStore:
+        """API tokens in the tracker (``tracker``, or one opened for the token store alone).
+
+        Tokens of an older ``tokens.json`` are imported once, and the file renamed.
+        """
+        from repo_server._auth import TokenStore
+
+        store = TokenStore(tracker or self.open_tracker(), owned=tracker is None)
+        store.import_file(self.tokens_path)
+        return store
 
     @classmethod
     def open(cls, path: Path, signing_dir: Path | None = None) -> Repository:
@@ -226,14 +259,24 @@ class Repository:
         return cls(path, RepoConfig.from_json(data), signing_dir=signing_dir)
 
     @classmethod
-    def locate(cls, repo: str, state_dir: str | None = None) -> Repository:
+    def locate(
+        cls, repo: str, state_dir: str | None = None, database: str | None = None
+    ) -> Repository:
         """Open ``repo``: a repository directory, or ``s3://BUCKET/PREFIX`` with its state dir.
+
+        ``database`` (else ``TUFOTA_DATABASE_URL``) names the tracker database.
 
         Raises:
             InputError: an S3 URL without ``state_dir``, or one that is not the
                 storage the state directory was created for.
             NotFoundError: the directory is not a tufota repository.
         """
+        opened = cls._locate(repo, state_dir)
+        opened.database = database or os.environ.get(DATABASE_ENV) or None
+        return opened
+
+    @classmethod
+    def _locate(cls, repo: str, state_dir: str | None) -> Repository:
         if not is_s3_url(repo):
             if state_dir is not None and Path(state_dir) != Path(repo):
                 raise InputError("--state-dir goes with an s3:// --repo only")

@@ -29,6 +29,10 @@ Families (all prefixed ``tufota_``):
                                        refused, error (counter)
 ``report_ingest_seconds``              time to answer a report (histogram)
 ``scrape_errors``                      1 for a section this scrape could not read
+``replica_info``                       this server's replica name (label ``replica``)
+``leader``                             1 when this replica leads (runs the controller)
+``leader_info``                        the replica that leads, as it recorded itself
+``controller_last_tick_timestamp_...`` when this replica last ran a controller tick
 =====================================  ==========================================================
 
 Invariants:
@@ -208,6 +212,7 @@ class TrackerCollector(Collector):
         self.ctx = data.ctx
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._replica()
         errors = GaugeMetricFamily(
             "tufota_scrape_errors", "1 for a section this scrape could not read", labels=["section"]
         )
@@ -225,6 +230,36 @@ class TrackerCollector(Collector):
             errors.add_metric([section], 0)
             yield from families
         yield errors
+
+    def _replica(self) -> Iterator[Metric]:
+        """Which replica this is, whether it leads, who leads, and its last controller tick."""
+        leadership = self.ctx.leadership
+        info = GaugeMetricFamily(
+            "tufota_replica_info", "This server among the replicas", labels=["replica"]
+        )
+        info.add_metric([leadership.replica], 1)
+        yield info
+        leading = GaugeMetricFamily(
+            "tufota_leader", "1 when this replica leads (controller, online refresh)"
+        )
+        leading.add_metric([], 1 if leadership.leading else 0)
+        yield leading
+        leader = GaugeMetricFamily(
+            "tufota_leader_info",
+            "The replica that leads, as it recorded itself",
+            labels=["replica"],
+        )
+        name = leadership.leader_name()
+        if name is not None:
+            leader.add_metric([name], 1)
+        yield leader
+        if self.ctx.last_tick is not None:
+            tick = GaugeMetricFamily(
+                "tufota_controller_last_tick_timestamp_seconds",
+                "When this replica last ran a controller tick (leader only)",
+            )
+            tick.add_metric([], self.ctx.last_tick.timestamp())
+            yield tick
 
     def _devices(self) -> Iterator[Metric]:
         devices = self.ctx.store.list_devices()

@@ -39,10 +39,11 @@ re-signs a forged entry and never lets one stop its own publishing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -226,6 +227,15 @@ class Publisher:
         self._clock = clock
         self._step_hook = step_hook
         self.forged_targets: tuple[str, ...] = ()  # forged rollouts entries dropped, not yet taken
+        # Replicas on one database also publish one at a time through it (see ``_locked``).
+        self.serialize: Callable[[], contextlib.AbstractContextManager[object]] | None = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The database's publish lock (when replicas share one), then the storage's lock."""
+        outer = self.serialize() if self.serialize is not None else contextlib.nullcontext()
+        with outer, self.storage.lock():
+            yield
 
     def take_forged_targets(self) -> tuple[str, ...]:
         """The forged entries dropped since the last call (for the watchdog's alert)."""
@@ -283,7 +293,7 @@ class Publisher:
             ConflictError: the storage already holds a repository.
             VerificationError: root or targets is not signed by its threshold.
         """
-        with self.storage.lock():
+        with self._locked():
             if latest_root_version(self.storage) or self.storage.exists(metadata_key("timestamp")):
                 raise ConflictError(f"{self.storage!r} already holds a repository")
             try:
@@ -336,7 +346,7 @@ class Publisher:
             InputError: a firmware target's ``custom`` field does not describe its path.
             RepositoryError: the current repository cannot be read.
         """
-        with self.storage.lock():
+        with self._locked():
             return self._publish_locked(load_state(self.storage), roles, blobs, targets, root)
 
     def _publish_locked(
@@ -584,7 +594,7 @@ class Publisher:
         data = doc.to_bytes()
         path = rollout_target_path(doc.hardware_id)
         target = TargetFile.from_data(path, io.BytesIO(data), ["sha256"])
-        with self.storage.lock():
+        with self._locked():
             state = load_state(self.storage)
             rollouts = state.roles.get(ROLLOUTS_ROLE)
             if rollouts is None:
@@ -614,7 +624,7 @@ class Publisher:
         """
         signers = self._signers()
         now = self._clock()
-        with self.storage.lock():
+        with self._locked():
             state = load_state(self.storage)
             renewed: list[str] = []
             rollouts = state.roles.get(ROLLOUTS_ROLE)

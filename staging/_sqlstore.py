@@ -32,7 +32,7 @@ import json
 import logging
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -331,8 +331,6 @@ class SqlTrackerStore(TrackerStore):
     _row_key = "rowid"
     _json_array = "json_group_array(DISTINCT {})"
     _integrity_errors: tuple[type[Exception], ...] = ()
-    #: where the store is, for messages (a path, or a URL without its password)
-    location = ""
 
     def __init__(self, config: StagingConfig | None = None) -> None:
         self._config = config or StagingConfig()
@@ -349,6 +347,21 @@ class SqlTrackerStore(TrackerStore):
     def schema_version(self) -> int:
         """The schema version of the database (``staging._schema``)."""
 
+    @abstractmethod
+    def leader_lock(self, name: str) -> Any:
+        """A lock at most one process holds, released when its holder dies.
+
+        The object has ``try_acquire() -> bool``, ``held() -> bool`` and ``release()``.
+        """
+
+    def exclusive(self, name: str, timeout: float) -> AbstractContextManager[object]:
+        """A named lock across every process on the database, held for a block.
+
+        SQLite's processes share one machine, where the storage's own lock
+        already serialises them; PostgreSQL's replicas do not (see there).
+        """
+        return nullcontext()
+
     def _bulk_insert(self, conn: Conn, table: str, columns: Sequence[str], rows: list[Any]) -> None:
         marks = ", ".join("?" for _ in columns)
         conn.executemany(
@@ -363,6 +376,23 @@ class SqlTrackerStore(TrackerStore):
             f" WHERE {self._row_key} = ?",
             [(rollout_id, wave, key) for wave, key in waves],
         )
+
+    # -- named settings (JSON) shared by every process on the database ---------------
+
+    def put_setting(self, name: str, value: Any) -> None:
+        """Store a JSON value under ``name`` (replacing any)."""
+        with self._tx(write=True) as conn:
+            conn.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, json.dumps(value, sort_keys=True)),
+            )
+
+    def get_setting(self, name: str) -> Any:
+        """The JSON value stored under ``name``, or None."""
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row["value"])
 
     # -- API tokens (opaque records for the server's token store) ------------------
 

@@ -63,6 +63,9 @@ class ReportOutcome:
 class TrackerStore(ABC):
     """Where the tracker keeps devices, rollouts and history."""
 
+    #: where the store is, for messages (a path, or a URL without its password)
+    location: str = ""
+
     # -- devices ---------------------------------------------------------------
 
     @abstractmethod

@@ -91,6 +91,13 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
         "--server", default=None, help=f"remote mode: server URL (default ${SERVER_ENV} or profile)"
     )
     p.add_argument("--state-dir", default=None, help="for an s3:// --repo: its state directory")
+    p.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="with --repo: the tracker's PostgreSQL database, postgresql://USER@HOST/DB "
+        "(default $TUFOTA_DATABASE_URL, else REPO/tracker.db)",
+    )
     p.add_argument("--token", default=None, help=f"API token for --server (default ${TOKEN_ENV})")
     p.add_argument("--profile", default=None, help="a profile saved by 'tufota login'")
     p.add_argument(
@@ -110,7 +117,11 @@ def operations(args: argparse.Namespace) -> Operations:
     if getattr(args, "repo", None):
         from repo_server import Repository
 
-        return LocalOperations(Repository.locate(args.repo, getattr(args, "state_dir", None)))
+        return LocalOperations(
+            Repository.locate(
+                args.repo, getattr(args, "state_dir", None), getattr(args, "database", None)
+            )
+        )
     if getattr(args, "state_dir", None):
         raise InputError("--state-dir goes with --repo s3://BUCKET/PREFIX")
     return RemoteOperations(remote_client(args))
@@ -160,9 +171,7 @@ class LocalOperations:
         self.where = str(repo.path)
 
     def _store(self) -> Any:
-        from staging import SqliteTrackerStore
-
-        return SqliteTrackerStore(self.repo.tracker_path)
+        return self.repo.open_tracker()
 
     def _controller(self, signing: bool) -> Any:
         from tufota_cli.rollout_cmds import controller
@@ -299,25 +308,24 @@ class LocalOperations:
         return send_test_alert(self._controller(False), f"repository {self.repo.path}")
 
     def tokens(self) -> list[dict[str, Any]]:
-        from repo_server import TokenStore
         from repo_server._opsdata import token_json
 
         now = utcnow()
-        return [token_json(r, now) for r in TokenStore(self.repo.tokens_path).list()]
+        with self.repo.token_store() as tokens:
+            return [token_json(r, now) for r in tokens.list()]
 
     def create_token(self, name: str, role: str, lifetime_seconds: int | None) -> dict[str, Any]:
         from datetime import timedelta
 
-        from repo_server import TokenStore
-
         lifetime = None if lifetime_seconds is None else timedelta(seconds=lifetime_seconds)
-        token = TokenStore(self.repo.tokens_path).create(name, role, lifetime)
+        with self.repo.token_store() as tokens:
+            token = tokens.create(name, role, lifetime)
         return {"token": token, "id": token.split("_")[1], "name": name, "role": role}
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
-        from repo_server import TokenStore
 
-        TokenStore(self.repo.tokens_path).revoke(token_id)
+        with self.repo.token_store() as tokens:
+            tokens.revoke(token_id)
         return {"id": token_id, "revoked": True}
 
     def releases(self, hardware_id: str | None) -> list[dict[str, Any]]:

@@ -39,7 +39,6 @@ from repo_server import (
     Repository,
     ServerContext,
     ServerThread,
-    TokenStore,
     add_release_locally,
     create_app,
     release_catalog,
@@ -311,7 +310,8 @@ def _summary(
         f"{time.monotonic() - started:.1f}s"
     )
     if args.serve:
-        token = TokenStore(repo.tokens_path).create("demo-operator", "operator")
+        with repo.token_store() as tokens:
+            token = tokens.create("demo-operator", "operator")
         print(f"dashboard: {server.url}/dashboard  (Ctrl-C to stop)")
         print(f"operator token (the dashboard's 'Sign in'): {token}", flush=True)
         try:

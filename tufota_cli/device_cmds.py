@@ -21,7 +21,7 @@ from repo_server import (
     Repository,
 )
 from signing import find_product, latest_version
-from staging import DEVICE_STATUSES, SqliteTrackerStore
+from staging import DEVICE_STATUSES
 from tufota_cli._common import print_json, table
 from tufota_cli._ops import add_target_arguments, operations, read_pubkey
 from tufota_cli.repo_cmds import add_repo_arguments, open_repository
@@ -194,7 +194,7 @@ def provision_device(
         (work / "agent.toml").write_text(agent_toml)
         init_slots(work / "slots", factory_version)
         # Register last: a failure above leaves no device behind in the tracker.
-        with SqliteTrackerStore(repo.tracker_path) as store:
+        with repo.open_tracker() as store:
             store.register_device(
                 device_id,
                 hardware_id,

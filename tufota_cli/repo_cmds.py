@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ LAB_OVERRIDE = "--lab-allow-offline-keys"
 logger = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_REPLICA_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def add_repo_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,11 +59,21 @@ def add_repo_arguments(p: argparse.ArgumentParser) -> None:
         help="for an s3:// repository: the directory 'tufota init --storage' created "
         "(keys, tokens, tracker)",
     )
+    p.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="the tracker's PostgreSQL database, postgresql://USER@HOST/DB "
+        "(default $TUFOTA_DATABASE_URL, else REPO/tracker.db); keep the password in "
+        "PGPASSWORD or ~/.pgpass",
+    )
 
 
 def open_repository(args: argparse.Namespace) -> Repository:
     """The repository ``--repo``/``--state-dir`` name. Raises InputError, NotFoundError."""
-    return Repository.locate(args.repo, getattr(args, "state_dir", None))
+    return Repository.locate(
+        args.repo, getattr(args, "state_dir", None), getattr(args, "database", None)
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -110,6 +122,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_repo_arguments(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--replica-name",
+        default=None,
+        metavar="NAME",
+        help="this server's name among replicas on one database (default HOST:PID)",
+    )
     p.add_argument(
         "--tick-interval", type=float, default=5.0, help="seconds between rollout gate evaluations"
     )
@@ -215,17 +233,27 @@ def build_context(
     passphrase: Callable[[], str],
     tick_interval: float = 5.0,
     limits: ServerLimits | None = None,
+    replica: str | None = None,
 ) -> ServerContext:
-    """The server's publisher, tracker and controller for ``repo``."""
-    from repo_server import ServerContext, TokenStore
-    from staging import RolloutController, SqliteTrackerStore
+    """The server's publisher, tracker, controller and claim on leadership for ``repo``.
+
+    ``replica`` names this server among the replicas on one database
+    (default ``HOST:PID``).
+    """
+    from repo_server import ServerContext
+    from repo_server._leader import Leadership, default_replica_name
+    from staging import RolloutController
 
     limits = limits or ServerLimits()
+    replica = replica or default_replica_name()
     publisher = repo.publisher(passphrase)
-    store = SqliteTrackerStore(repo.tracker_path)
+    store = repo.open_tracker(f"tufota serve {replica}")
+    wait = limits.lock_timeout_seconds
+    publisher.serialize = lambda: store.exclusive("publish", wait)
     controller = RolloutController(store, publisher)
     return ServerContext(
-        tokens=TokenStore(repo.tokens_path),
+        leadership=Leadership(store.leader_lock("controller"), replica, store),
+        tokens=repo.token_store(store),
         publisher=publisher,
         store=store,
         controller=controller,
@@ -297,6 +325,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(f"port {args.port} is outside 1-65535")
     if not args.tick_interval > 0 or not args.refresh_interval > 0 or args.max_upload_mb < 1:
         raise InputError("--tick-interval, --refresh-interval and --max-upload-mb must be > 0")
+    if args.replica_name is not None and not _REPLICA_NAME.fullmatch(args.replica_name):
+        raise InputError(
+            f"--replica-name {args.replica_name!r}: use 1-64 letters, digits and . _ : -"
+        )
     from repo_server import check_tls, create_app, run_forever, server_names  # server extra
 
     check_tls(args.tls_cert, args.tls_key)
@@ -309,11 +341,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         refresh_interval_seconds=args.refresh_interval,
     )
-    ctx = build_context(repo, passphrase, args.tick_interval, limits)
+    ctx = build_context(repo, passphrase, args.tick_interval, limits, args.replica_name)
     ctx.local_viewer = args.local_viewer
     ctx.server_names = server_names(repo.config.server_url, args.server_name, args.host)
     ctx.loopback_names = args.host in _LOOPBACK
-    ctx.refresh_online()
+    if ctx.leadership.check():
+        ctx.refresh_online()
+        role = "leads (controller, online refresh)"
+    else:
+        role = f"follows; {ctx.leadership.leader_name() or 'another replica'} leads"
+    print(f"tracker {ctx.store.location}: replica {ctx.leadership.replica} {role}", flush=True)
     scheme = "https" if args.tls_cert else "http"
     if scheme == "http" and args.host not in _LOOPBACK:
         logger.warning(

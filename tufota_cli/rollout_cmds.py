@@ -15,7 +15,6 @@ from staging import (
     Release,
     RolloutController,
     RolloutStatus,
-    SqliteTrackerStore,
 )
 from staging import parse_duration as _parse_duration
 from staging import parse_fraction as _parse_fraction
@@ -245,7 +244,7 @@ def controller(repo: Repository, *, signing: bool = True) -> RolloutController:
     else:
         publisher = repo.publisher(passphrase_source())
     return RolloutController(
-        SqliteTrackerStore(repo.tracker_path),
+        repo.open_tracker(),
         publisher,
         expiries=publisher.expiries,
         releases=lambda: release_catalog(repo.state()),

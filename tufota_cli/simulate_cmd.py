@@ -50,7 +50,7 @@ from tuf.api.metadata import Metadata
 
 from device_agent import ABSimulator, Agent, AgentConfig, CycleResult, Installer, init_slots
 from repo_server import Repository
-from staging import NewDevice, RolloutController, SqliteTrackerStore
+from staging import NewDevice, RolloutController, SqlTrackerStore
 from tufota_cli._common import print_json, table
 from tufota_cli.repo_cmds import open_repository
 from tufota_core import (
@@ -256,7 +256,7 @@ class Simulation:
         if repo is None and (token is None or trusted_root is None):
             raise InputError("a remote simulation needs an operator token and a trusted root")
         self.repo = repo
-        self._store: SqliteTrackerStore | None = None
+        self._store: SqlTrackerStore | None = None
         self._trusted_root = trusted_root
         # Operator calls use their own session so the token never rides on device traffic.
         self._admin = requests.Session()
@@ -332,7 +332,7 @@ class Simulation:
                 )
             )
         if self.repo is not None:
-            with SqliteTrackerStore(self.repo.tracker_path) as store:
+            with self.repo.open_tracker() as store:
                 store.register_devices(new, at=utcnow())
         else:
             for device in new:
@@ -534,7 +534,7 @@ class Simulation:
         assert self.repo is not None
         try:
             if self._store is None:  # one read connection for the whole run
-                self._store = SqliteTrackerStore(self.repo.tracker_path)
+                self._store = self.repo.open_tracker()
             store = self._store
             if rollout_id is None:
                 newest = store.list_rollouts(self.options.hardware_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from repo_server import TokenStore
+from repo_server import Repository
 
 
 def test_demo_serve_prints_the_dashboard_url_and_an_operator_token(tmp_path: Path) -> None:
@@ -42,7 +42,8 @@ def test_demo_serve_prints_the_dashboard_url_and_an_operator_token(tmp_path: Pat
         assert signed_in.status_code == 200
         bogus = requests.get(api, headers={"Authorization": "Bearer tfo_0_bogus"}, timeout=10)
         assert bogus.status_code == 401
-        record = TokenStore(workspace / "repo" / "tokens.json").lookup(token)
+        with Repository.open(workspace / "repo").token_store() as tokens:
+            record = tokens.lookup(token)
         assert record is not None
         assert record.role == "operator"
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from repo_server import Repository, ServerThread, TokenStore, create_app
+from repo_server import Repository, ServerThread, create_app
 from tests.conftest import ask
 from tufota_cli.main import main
 from tufota_cli.repo_cmds import build_context
@@ -18,7 +18,7 @@ def test_signed_bundle_is_uploaded_once_and_bad_tokens_are_refused(
     passphrase_env: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    tokens = TokenStore(released_repo.tokens_path)
+    tokens = released_repo.token_store()
     uploader = tokens.create("ci", "uploader")
     viewer = tokens.create("dash", "viewer")
     image = tmp_path / "fw-2.0.0.img"

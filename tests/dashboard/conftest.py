@@ -17,7 +17,6 @@ from repo_server import (
     Repository,
     ServerContext,
     ServerThread,
-    TokenStore,
     add_release_locally,
     create_app,
 )
@@ -217,7 +216,7 @@ def plant(tmp_path: Path) -> Iterator[Plant]:
     publisher = repo.publisher(ask)
     store = SqliteTrackerStore(repo.tracker_path)
     ctx = ServerContext(
-        publisher, store, RolloutController(store, publisher), tokens=TokenStore(repo.tokens_path)
+        publisher, store, RolloutController(store, publisher), tokens=repo.token_store()
     )
     plant = Plant(repo, ctx, ServerThread(create_app(ctx, background=False)).start())
     try:

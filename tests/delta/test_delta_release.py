@@ -13,7 +13,7 @@ import pytest
 from tuf.api.metadata import Metadata, Targets
 
 from device_agent._delta import DeltaLimits, apply_delta
-from repo_server import Repository, ServerThread, TokenStore, create_app
+from repo_server import Repository, ServerThread, create_app
 from repo_server._publisher import Blob, target_storage_key
 from signing import add_deltas, add_release, load_signer, sign_all
 from tests.conftest import ask
@@ -127,7 +127,7 @@ def test_signed_bundle_with_a_delta_is_uploaded_and_published(
     assert main([*sign, "--delta-from", f"1.0.0={old}"]) == 0
     assert main(["release", "verify", str(bundle), "--repo", str(repo.path)]) == 0
     capsys.readouterr()
-    tokens = TokenStore(repo.tokens_path)
+    tokens = repo.token_store()
     uploader = tokens.create("ci", "uploader")
     ctx = build_context(repo, ask)
     try:

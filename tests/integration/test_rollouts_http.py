@@ -14,7 +14,7 @@ import pytest
 import requests
 from securesystemslib.signer import CryptoSigner
 
-from repo_server import Repository, ServerContext, ServerThread, TokenStore, create_app
+from repo_server import Repository, ServerContext, ServerThread, create_app
 from staging import AlertSettings, SinkSpec
 from tests.conftest import ask
 from tests.staging.helpers import WebhookReceiver
@@ -31,7 +31,7 @@ class Server:
         self.ctx: ServerContext = build_context(repo, ask, tick_interval=0.2)
         self.thread = ServerThread(create_app(self.ctx)).start()
         self.url = self.thread.url
-        tokens = TokenStore(repo.tokens_path)
+        tokens = repo.token_store()
         self.operator = {"Authorization": f"Bearer {tokens.create('ops', 'operator')}"}
         self.viewer = {"Authorization": f"Bearer {tokens.create('dash', 'viewer')}"}
 

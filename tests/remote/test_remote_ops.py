@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from repo_server import ServerContext, ServerThread, TokenStore, create_app
+from repo_server import ServerContext, ServerThread, create_app
 from staging import RolloutController, SqliteTrackerStore
 from tests.conftest import ask
 from tests.dashboard.conftest import HW, Plant, make_repo
@@ -38,7 +38,7 @@ def plant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plant]:
         publisher,
         store,
         RolloutController(store, publisher),
-        tokens=TokenStore(repo.tokens_path),
+        tokens=repo.token_store(),
         storage_url=repo.storage_url,
     )
     p = Plant(repo, ctx, ServerThread(create_app(ctx, background=False)).start())
@@ -117,7 +117,7 @@ def test_local_and_remote_json_agree(
 
 
 def _state(p: Plant) -> dict[str, str]:
-    """What a refused command must not change: tracker rows, tokens, the published tree."""
+    """What a refused command must not change: tracker rows (tokens too), the published tree."""
     with sqlite3.connect(p.repo.tracker_path) as db:
         dump = "\n".join(db.iterdump())
     tree = {
@@ -127,7 +127,6 @@ def _state(p: Plant) -> dict[str, str]:
     }
     return {
         "tracker": hashlib.sha256(dump.encode()).hexdigest(),
-        "tokens": p.repo.tokens_path.read_text(),
         "tree": json.dumps(tree, sort_keys=True),
     }
 
@@ -370,7 +369,7 @@ def test_ca_bundle_beats_requests_ca_bundle_and_is_kept_in_the_profile(
     repo = make_repo(tmp_path)
     publisher = repo.publisher(ask)
     store = SqliteTrackerStore(repo.tracker_path)
-    tokens = TokenStore(repo.tokens_path)
+    tokens = repo.token_store()
     ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
     ca, cert, key = _tls_files(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 
 import pytest
@@ -38,7 +38,7 @@ class Running:
 def running(released_repo: Repository) -> Iterator[Running]:
     publisher = released_repo.publisher(ask)
     store = SqliteTrackerStore(released_repo.tracker_path)
-    tokens = TokenStore(released_repo.tokens_path)
+    tokens = released_repo.token_store()
     ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
     with ServerThread(create_app(ctx, background=False)) as thread:
         yield Running(thread.url, ctx, tokens)
@@ -113,7 +113,10 @@ def test_an_expired_token_is_refused_as_expired(running: Running) -> None:
     assert requests.get(f"{running.url}/api/v1/fleet", headers=auth, timeout=5).status_code == 200
     # A day later (the record's expiry moved to the past, as the clock would).
     (record,) = running.tokens.list()
-    running.tokens._write([replace(record, expires=format_time(utcnow() - timedelta(seconds=1)))])
+    running.tokens.tracker.remove_token(record.token_id)
+    running.tokens.tracker.add_token(
+        asdict(replace(record, expires=format_time(utcnow() - timedelta(seconds=1))))
+    )
     expired = requests.get(f"{running.url}/api/v1/fleet", headers=auth, timeout=5)
     assert expired.status_code == 401
     assert expired.json()["error"] == "token_expired"
@@ -130,7 +133,7 @@ def test_token_create_prints_only_the_token_and_list_shows_the_expiry(
     assert code == 0, err
     assert out.count("\n") == 1
     token = out.strip()
-    assert TokenStore(repo.tokens_path).authenticate(token) is not None
+    assert repo.token_store().authenticate(token) is not None
     assert "valid for 30d" in err
     code, out, _ = run(capsys, "token", "list", "--repo", str(repo.path), "--json")
     (listed,) = json.loads(out)["tokens"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from securesystemslib.signer import CryptoSigner
 
-from repo_server import Repository, TokenStore, target_storage_key
+from repo_server import Repository, target_storage_key
 from staging import SqliteTrackerStore
 from tests.conftest import PASSPHRASE
 from tufota_cli.main import main
@@ -145,14 +146,14 @@ def test_token_create_list_revoke(repo: Repository, capsys: pytest.CaptureFixtur
     )
     assert code == 0
     token = out.splitlines()[0]
-    assert TokenStore(repo.tokens_path).authenticate(token) is not None
-    assert token not in repo.tokens_path.read_text()  # only its hash is stored
+    assert repo.token_store().authenticate(token) is not None
+    assert token.encode() not in repo.tracker_path.read_bytes()  # only its hash is stored
     code, out, _ = run(capsys, "token", "list", "--repo", str(repo.path), "--json")
     listed = json.loads(out)["tokens"]
     assert [(t["name"], t["role"]) for t in listed] == [("ci", "uploader")]
     code, out, _ = run(capsys, "token", "revoke", listed[0]["id"], "--repo", str(repo.path))
     assert code == 0
-    assert TokenStore(repo.tokens_path).authenticate(token) is None
+    assert repo.token_store().authenticate(token) is None
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_bad_token_commands_give_one_line(
     code, _out, err = run(capsys, *argv, "--repo", str(repo.path))
     assert code == 1
     assert words in err
-    assert not repo.tokens_path.exists() or "tokens" in repo.tokens_path.read_text()
+    assert repo.token_store().list() == []
 
 
 # -- devices --------------------------------------------------------------------------------
@@ -358,3 +359,29 @@ def test_every_new_command_has_help(argv: list[str], capsys: pytest.CaptureFixtu
         main(argv)
     assert exit_info.value.code == 0
     assert "usage: tufota" in capsys.readouterr().out
+
+
+def test_tokens_of_an_older_tokens_json_are_imported_once(
+    repo: Repository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy = {
+        "tokens": [
+            {
+                "token_id": "0a1b2c3d",
+                "name": "old-ci",
+                "role": "uploader",
+                "sha256": hashlib.sha256(b"tfo_0a1b2c3d_secret").hexdigest(),
+                "created": "2026-01-01T00:00:00Z",
+                "expires": None,
+            }
+        ]
+    }
+    repo.tokens_path.write_text(json.dumps(legacy))
+    code, out, _ = run(capsys, "token", "list", "--repo", str(repo.path), "--json")
+    assert code == 0
+    assert [t["name"] for t in json.loads(out)["tokens"]] == ["old-ci"]
+    assert not repo.tokens_path.exists()
+    assert repo.tokens_path.with_name("tokens.json.imported").exists()
+    with repo.token_store() as tokens:
+        assert tokens.authenticate("tfo_0a1b2c3d_secret") is not None
+        assert tokens.authenticate("tfo_0a1b2c3d_other") is None

@@ -15,7 +15,7 @@ import pytest
 import requests
 from securesystemslib.signer import CryptoSigner
 
-from repo_server import Repository, ServerContext, ServerThread, TokenStore, create_app
+from repo_server import Repository, ServerContext, ServerThread, create_app
 from staging import RolloutController, SqliteTrackerStore
 from tests.conftest import ask
 from tufota_core import Report, canonical_bytes, sign_report
@@ -38,7 +38,7 @@ class Running:
 def running(released_repo: Repository) -> Iterator[Running]:
     publisher = released_repo.publisher(ask)
     store = SqliteTrackerStore(released_repo.tracker_path)
-    tokens = TokenStore(released_repo.tokens_path)
+    tokens = released_repo.token_store()
     ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
     app = create_app(ctx, background=False)
 

@@ -69,7 +69,7 @@ def _config(operator: str, uploader: str) -> str:
 def server(released_repo: Repository) -> Iterator[tuple[str, TokenStore]]:
     publisher = released_repo.publisher(ask)
     store = SqliteTrackerStore(released_repo.tracker_path)
-    tokens = TokenStore(released_repo.tokens_path)
+    tokens = released_repo.token_store()
     ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
     with ServerThread(create_app(ctx, background=False)) as thread:
         yield thread.url, tokens

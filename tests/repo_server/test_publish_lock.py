@@ -21,7 +21,6 @@ from repo_server import (
     ServerContext,
     ServerLimits,
     ServerThread,
-    TokenStore,
     create_app,
 )
 from repo_server._watchdog import published_rollouts
@@ -95,7 +94,7 @@ def s3_server(repo_on: Repository) -> Iterator[Running]:
     repo_on.storage.limits = ServerLimits(lock_timeout_seconds=1.0, lock_poll_seconds=0.05)
     publisher = repo_on.publisher(ask)
     store = SqliteTrackerStore(repo_on.tracker_path)
-    tokens = TokenStore(repo_on.tokens_path)
+    tokens = repo_on.token_store()
     ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
     operator = {"Authorization": f"Bearer {tokens.create('ops', 'operator')}"}
     with ServerThread(create_app(ctx, background=False)) as thread:

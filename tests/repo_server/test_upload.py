@@ -21,7 +21,6 @@ from repo_server import (
     ServerContext,
     ServerLimits,
     ServerThread,
-    TokenStore,
     create_app,
     verify_repository,
 )
@@ -60,7 +59,7 @@ class Server:
 def start_server(repo: Repository, limits: ServerLimits | None = None) -> Iterator[Server]:
     publisher = repo.publisher(ask)
     store = SqliteTrackerStore(repo.tracker_path)
-    tokens = TokenStore(repo.tokens_path)
+    tokens = repo.token_store()
     issued = {
         role: tokens.create(f"test-{role}", role) for role in ("viewer", "operator", "uploader")
     }
@@ -281,7 +280,7 @@ def test_revoked_or_forged_token_is_refused(server: Server, tmp_path: Path) -> N
     token = server.tokens["uploader"]
     forged = server.upload(bundle, role="", Authorization=f"Bearer {token[:-2]}xx")
     assert forged.status_code == 401
-    TokenStore(server.repo.tokens_path).revoke(token.split("_")[1])
+    server.repo.token_store().revoke(token.split("_")[1])
     assert server.upload(bundle).status_code == 401
 
 

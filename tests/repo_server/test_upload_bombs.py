@@ -33,7 +33,7 @@ from staging import RolloutController, SqliteTrackerStore
 repo = Repository.open(Path(sys.argv[1]))
 publisher = repo.publisher(lambda: sys.argv[2])
 store = SqliteTrackerStore(repo.tracker_path)
-tokens = TokenStore(repo.tokens_path)
+tokens = repo.token_store()
 token = tokens.create("bombs", "uploader")
 ctx = ServerContext(publisher, store, RolloutController(store, publisher), tokens=tokens)
 with ServerThread(create_app(ctx, background=False)) as thread:

@@ -31,7 +31,6 @@ from repo_server import (
     Repository,
     ServerContext,
     ServerThread,
-    TokenStore,
     create_app,
     load_state,
 )
@@ -320,7 +319,7 @@ def test_product_lines_get_their_own_keys_unless_one_is_shared_on_purpose(
 @pytest.fixture
 def served(site: Site) -> Iterator[tuple[Site, ServerContext, str, str]]:
     ctx = server_context(site.repo)
-    token = TokenStore(site.repo.tokens_path).create("ci", "uploader")
+    token = site.repo.token_store().create("ci", "uploader")
     try:
         with ServerThread(create_app(ctx, background=False)) as server:
             yield site, ctx, server.url, token
