@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from staging import StoreError
 from tufota_core import (
     ConflictError,
     InputError,
@@ -81,7 +82,8 @@ def status_for(error: TufotaError) -> int:
         return 409
     if isinstance(error, VerificationError):
         return 422
-    if isinstance(error, TransportError):
+    if isinstance(error, TransportError | StoreError):
+        # The database is unavailable or locked: nothing changed, retry later.
         return 503
     if isinstance(error, RepositoryError):
         return 500

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from staging._config import StagingConfig
 from staging._errors import StoreError
@@ -77,19 +76,18 @@ def lock_key(name: str) -> int:
 _WRITE_LOCK = lock_key("tracker-write")
 
 
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)([^@/?#]*)@", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://(unparseable URL)"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password (userinfo or ``password=`` parameter), for messages."""
+    text = _USERINFO.sub(
+        lambda m: f"{m.group(1)}{m.group(2).split(':', 1)[0]}"
+        f"{':***' if ':' in m.group(2) else ''}@",
+        url,
+    )
+    return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
 def is_postgres_url(location: str) -> bool:
