@@ -362,7 +362,7 @@ def _replay(
     extra = _Stream(d, base + ops_len + diff_len, extra_len, "extra", limits)
     add = _Adder()
     h = hashlib.sha256()
-    written = cursor = 0
+    written = cursor = parsed = 0
     chunk = limits.chunk_size
     while True:
         op = ops.byte()
@@ -386,6 +386,11 @@ def _replay(
             if written + out_length > result_length:
                 raise _error(DELTA_TOO_LONG, "delta writes more than the signed image length")
             cursor = offset + length
+            # Each gzip file of the source is parsed once: a delta that parses more
+            # than the source holds only burns the device's time.
+            parsed += length
+            if parsed > src_length:
+                raise _error(DELTA_BAD_TOKENS, "delta parses more gzip data than the source holds")
             for piece in _deflate(
                 src, offset, length, out_length, tokens, ops, diff, extra, add, chunk
             ):

@@ -1,6 +1,6 @@
 """Generate a ``tufota-delta/1`` delta between two firmware images (offline, pure files).
 
-Method (chosen by measurement, see docs/decisions/0008-delta-format.md):
+Method (chosen by measurement, see docs/decisions/0009-delta-format.md):
 
 1. When both images are tar archives, members are matched by name, then by
    name with digit runs ignored (``lib/modules/6.1.0-53/..`` matches

@@ -178,6 +178,16 @@ def _read_symbol(read: Callable[[int], int], table: list[int], bits: int) -> int
     raise TokenError("invalid code in a dynamic block header")
 
 
+_NO_CODE = (255, 0)  # longer than any bit buffer: an invalid code reads as cut short
+
+
+def _fast_table(lengths: list[int]) -> tuple[list[tuple[int, int]], int]:
+    """Like :func:`_decode_table`, with ``(length, symbol)`` entries for the token loop."""
+    table, bits = _decode_table(lengths)
+    pairs = {e: (e & 15, e >> 4) for e in set(table) if e}
+    return [pairs[e] if e else _NO_CODE for e in table], bits
+
+
 class _Bits:
     """LSB-first reader over an int of known width (dynamic headers only)."""
 
@@ -224,8 +234,9 @@ def tokens_of(data: bytes, limit: int) -> bytes:
     out += data[:start]
     size = len(data)
     pos, buf, cnt = start, 0, 0  # next byte, bit buffer, bits in it
-    fixed_lit, fixed_bits = _decode_table(_FIXED_LIT)
-    fixed_dist, fixed_dbits = _decode_table(_FIXED_DIST)
+    fixed_lit, fixed_bits = _fast_table(_FIXED_LIT)
+    fixed_dist, fixed_dbits = _fast_table(_FIXED_DIST)
+    append = out.append
     final = 0
     while not final:
         while cnt < 3:
@@ -264,8 +275,8 @@ def tokens_of(data: bytes, limit: int) -> bytes:
             raw = int.from_bytes(data[first >> 3 : (reader.pos + 7) >> 3], "little")
             out += encode_varint(nbits)
             out += ((raw >> (first & 7)) & ((1 << nbits) - 1)).to_bytes((nbits + 7) >> 3, "little")
-            lit, lbits = _decode_table(lit_lengths)
-            dist, dbits = _decode_table(dist_lengths)
+            lit, lbits = _fast_table(lit_lengths)
+            dist, dbits = _fast_table(dist_lengths)
             pos, buf, cnt = reader.pos >> 3, 0, 0
             if reader.pos & 7:
                 buf = data[pos] >> (reader.pos & 7)
@@ -276,22 +287,20 @@ def tokens_of(data: bytes, limit: int) -> bytes:
         lmask, dmask = (1 << lbits) - 1, (1 << dbits) - 1
         while True:
             if cnt < 48:
-                take = min(6, size - pos)
+                take = 6 if pos + 6 <= size else size - pos
                 buf |= int.from_bytes(data[pos : pos + take], "little") << cnt
                 pos += take
                 cnt += 8 * take
-            entry = lit[buf & lmask]
-            n = entry & 15
-            if not entry or n > cnt:
+            n, sym = lit[buf & lmask]
+            if n > cnt:
                 raise TokenError("invalid or cut-short literal/length code")
             buf >>= n
             cnt -= n
-            sym = entry >> 4
-            if sym < 256:
-                if sym == ESC:
-                    out += _LIT_FF
-                else:
-                    out.append(sym)
+            if sym < ESC:
+                append(sym)
+                continue
+            if sym == ESC:
+                out += _LIT_FF
                 continue
             if sym == 256:
                 out += _EOB
@@ -305,13 +314,11 @@ def tokens_of(data: bytes, limit: int) -> bytes:
             cnt -= e
             if not dbits:
                 raise TokenError("match in a block without distance codes")
-            entry = dist[buf & dmask]
-            n = entry & 15
-            if not entry or n > cnt:
+            n, s = dist[buf & dmask]
+            if n > cnt:
                 raise TokenError("invalid or cut-short distance code")
             buf >>= n
             cnt -= n
-            s = entry >> 4
             if s > 29:
                 raise TokenError("invalid distance symbol")
             e = _DIST_EXTRA[s]
@@ -327,7 +334,7 @@ def tokens_of(data: bytes, limit: int) -> bytes:
         if len(out) > limit:
             raise TokenError(f"token string exceeds {limit} bytes")
     pad = cnt & 7
-    out.append(buf & ((1 << pad) - 1))
+    append(buf & ((1 << pad) - 1))
     pos -= cnt >> 3
     if pos + 8 != size:
         raise TokenError("gzip file has data after its trailer, or several members")

@@ -325,6 +325,23 @@ def test_a_hostile_token_delta_is_refused_as_bad_tokens(
     assert list(tmp_path.glob("*.delta-part")) == []
 
 
+def test_a_delta_that_parses_the_same_source_file_twice_is_refused(
+    raw: tuple[Path, Path, bytes], tmp_path: Path
+) -> None:
+    old, new, tokens = raw
+    twice = tmp_path / "twice.gz"
+    twice.write_bytes(new.read_bytes() * 2)  # a result that would need the parse twice
+    info = _v2(_info(old, twice))
+    n_old, n_new, t = old.stat().st_size, new.stat().st_size, len(tokens)
+    once = _deflate_op(0, n_old, n_new, t, _insert(t))
+    again = _deflate_op(-n_old, n_old, n_new, t, _insert(t))
+    ops = once + again + bytes([OP_END])
+    bad = _craft(tmp_path / "b.tfdelta", info, ops, extra=tokens * 2)
+    with pytest.raises(VerificationError, match="parses more gzip data") as caught:
+        _apply(info, old, bad, tmp_path / "slot-b.img")
+    assert caught.value.code == DELTA_BAD_TOKENS
+
+
 def test_a_token_operation_in_a_format_1_delta_or_a_header_of_another_format_is_malformed(
     raw: tuple[Path, Path, bytes], tmp_path: Path
 ) -> None:
