@@ -9,14 +9,21 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from securesystemslib.signer import CryptoSigner
 
 from repo_server import Repository, ServerContext, ServerThread, create_app
-from staging import ReportOutcome, RolloutController, SqliteTrackerStore, StoreError
-from tests.conftest import ask
+from staging import (
+    ReportOutcome,
+    RolloutController,
+    SqliteTrackerStore,
+    SqlTrackerStore,
+    StoreError,
+)
+from tests.conftest import PASSPHRASE, ask
 from tufota_core import MAX_REPORT_BYTES, Report, sign_report
 
 
@@ -54,7 +61,7 @@ def _serve(repo: Repository, store: SqliteTrackerStore) -> Iterator[str]:
         store.close()
 
 
-def _register(store: SqliteTrackerStore, device_id: str) -> CryptoSigner:
+def _register(store: SqlTrackerStore, device_id: str) -> CryptoSigner:
     signer = CryptoSigner.generate_ed25519()
     public = {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
     store.register_device(
@@ -119,3 +126,101 @@ def test_an_oversized_report_is_refused_unread(released_repo: Repository, size: 
             f"{url}/api/v1/devices/dev-1/reports", data=b"{" + b" " * size, timeout=10
         )
         assert (answer.status_code, answer.json()["error"]) == (413, "too_large")
+
+
+def test_a_replica_killed_mid_stream_on_postgresql_loses_no_acknowledged_report(
+    released_repo: Repository, postgres_url: str, tmp_path: Path
+) -> None:
+    """Two `tufota serve` on one PostgreSQL; one is SIGKILLed while 16 devices stream reports."""
+    from staging import PostgresTrackerStore
+
+    store = PostgresTrackerStore(postgres_url)
+    signers = {f"dev-{n}": _register(store, f"dev-{n}") for n in range(16)}
+    servers = [_serve_process(released_repo, postgres_url, tmp_path / f"s{i}.log") for i in (1, 2)]
+    acked: dict[str, int] = dict.fromkeys(signers, 0)
+    next_seq: dict[str, int] = dict.fromkeys(signers, 1)
+    stop = threading.Event()
+
+    def stream(device_id: str) -> None:
+        url = servers[0][1]
+        while not stop.is_set() and next_seq[device_id] <= 2000:
+            seq = next_seq[device_id]
+            try:
+                answer = _post(url, device_id, signers[device_id], seq)
+            except requests.RequestException:
+                return  # the server died under this report: not acknowledged
+            if answer.status_code == 202:
+                acked[device_id] = seq
+                next_seq[device_id] = seq + 1
+
+    try:
+        with ThreadPoolExecutor(len(signers)) as pool:
+            futures = [pool.submit(stream, d) for d in signers]
+            time.sleep(2.0)
+            servers[0][0].kill()  # SIGKILL, mid-stream
+            servers[0][0].wait(10)
+            stop.set()
+            for future in futures:
+                future.result()
+        assert sum(acked.values()) > 50  # the stream was really running
+        for device_id, seq in acked.items():  # every 202 was committed
+            assert store.get_device(device_id).last_seq >= seq
+        survivor = servers[1][1]
+        for device_id in signers:  # the devices resend what was not acknowledged
+            last = store.get_device(device_id).last_seq
+            replay = _post(survivor, device_id, signers[device_id], acked[device_id])
+            if acked[device_id]:
+                assert replay.json()["error"] == "replayed_report"
+            fresh = _post(survivor, device_id, signers[device_id], last + 1)
+            assert fresh.status_code == 202, fresh.text
+        with store._tx(write=False) as conn:
+            repeated = conn.execute(
+                "SELECT device_id, seq FROM events WHERE kind = 'report'"
+                " GROUP BY device_id, seq HAVING count(*) > 1"
+            ).fetchall()
+        assert repeated == []
+    finally:
+        for process, _url in servers:
+            process.kill()
+            process.wait(10)
+        store.close()
+
+
+def _serve_process(repo: Repository, database: str, log: Path) -> tuple[Any, str]:
+    """`tufota serve` on ``repo`` and ``database`` in its own process; waits until it answers."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tufota = str(Path(sys.executable).parent / "tufota")
+    with log.open("w") as out:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [
+                tufota,
+                "serve",
+                "--repo",
+                str(repo.path),
+                "--database",
+                database,
+                "--port",
+                str(port),
+            ],
+            env={**os.environ, "TUFOTA_PASSPHRASE": PASSPHRASE},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if requests.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return process, url
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
