@@ -28,12 +28,18 @@ def build_router(ctx: ServerContext) -> APIRouter:
 
     @router.get("/api/v1/health", tags=["server"], responses=error_responses(503))
     def health() -> dict[str, Any]:
-        """Liveness and the remaining validity of each role."""
+        """Liveness, this replica (and whether it leads), and the remaining validity of each role.
+
+        It reads the storage, not the tracker: a replica that cannot reach the
+        database still serves devices their metadata and firmware.
+        """
         now = utcnow()
         expiries = ctx.publisher.expiries()
         return {
             "status": "ok",
             "time": format_time(now),
+            "replica": ctx.leadership.replica,
+            "leading": ctx.leadership.leading,
             "roles": {
                 role: {
                     "expires": format_time(when),

@@ -573,6 +573,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--state-dir", default=None, help="state directory of an s3:// --repo")
     p.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="with --repo: the tracker's PostgreSQL database (default $TUFOTA_DATABASE_URL)",
+    )
+    p.add_argument(
         "--token",
         default=None,
         help="operator API token for a remote repository (default: $TUFOTA_TOKEN)",
