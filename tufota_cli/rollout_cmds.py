@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from repo_server import Publisher, Repository, release_catalog
+from repo_server import Publisher, Repository, ServerLimits, release_catalog
 from repo_server._watchdog import published_rollouts
 from signing import find_product
 from staging import (
@@ -243,8 +243,11 @@ def controller(repo: Repository, *, signing: bool = True) -> RolloutController:
         publisher = Publisher(repo.storage, lambda: signers, repo.expiry)
     else:
         publisher = repo.publisher(passphrase_source())
+    store = repo.open_tracker()
+    # One publisher at a time with the servers on the same database (replicas).
+    publisher.serialize = lambda: store.exclusive("publish", ServerLimits().lock_timeout_seconds)
     return RolloutController(
-        repo.open_tracker(),
+        store,
         publisher,
         expiries=publisher.expiries,
         releases=lambda: release_catalog(repo.state()),
