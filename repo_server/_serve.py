@@ -82,14 +82,18 @@ def run_forever(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     on_listening: Callable[[], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until interrupted; ``on_listening`` runs once the socket listens.
+
+    Args:
+        sock: a socket ``bind_socket`` made already (else one for ``host``/``port``).
 
     Raises:
         InputError: the address cannot be bound or the TLS files do not load.
     """
     check_tls(tls_cert, tls_key)
-    sock = bind_socket(host, port)
+    sock = sock or bind_socket(host, port)
     if on_listening is not None:
         on_listening()
     server = uvicorn.Server(_config(app, tls_cert, tls_key))

@@ -83,8 +83,9 @@ _PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 def redact(url: str) -> str:
     """The URL without its password (userinfo or ``password=`` parameter), for messages."""
     text = _USERINFO.sub(
-        lambda m: f"{m.group(1)}{m.group(2).split(':', 1)[0]}"
-        f"{':***' if ':' in m.group(2) else ''}@",
+        lambda m: (
+            f"{m.group(1)}{m.group(2).split(':', 1)[0]}{':***' if ':' in m.group(2) else ''}@"
+        ),
         url,
     )
     return _PASSWORD_PARAM.sub(r"\1***", text)
@@ -271,6 +272,7 @@ class PostgresTrackerStore(SqlTrackerStore):
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             row = conn.execute("SELECT max(version) AS v FROM schema_version").fetchone()
             found = row["v"]
+            created = False
             if found is None:
                 for statement in (
                     statements(postgres_ddl(BASE_SCHEMA))
@@ -280,6 +282,7 @@ class PostgresTrackerStore(SqlTrackerStore):
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (BASE_VERSION,))
                 found = BASE_VERSION
+                created = True
             elif found > SCHEMA_VERSION:
                 raise StoreError(
                     f"tracker database {self.location} has schema v{found}; "
@@ -291,6 +294,7 @@ class PostgresTrackerStore(SqlTrackerStore):
                     conn.execute(statement)
             if start < SCHEMA_VERSION:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            if start < SCHEMA_VERSION and not created:
                 self.migrated_from = start
                 logger.info(
                     "tracker database %s migrated from schema v%d to v%d",

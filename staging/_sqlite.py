@@ -89,9 +89,11 @@ class SqliteTrackerStore(SqlTrackerStore):
                 conn.execute(statement)
             row = conn.execute("SELECT max(version) AS v FROM schema_version").fetchone()
             found = row["v"]
+            created = False
             if found is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (BASE_VERSION,))
                 found = BASE_VERSION
+                created = True
             elif found > SCHEMA_VERSION:
                 raise StoreError(
                     f"tracker store {self._path} has schema v{found}; "
@@ -107,6 +109,7 @@ class SqliteTrackerStore(SqlTrackerStore):
                     conn.execute(statement)
             if start < SCHEMA_VERSION:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            if start < SCHEMA_VERSION and not created:
                 self.migrated_from = start
                 logger.info(
                     "tracker store %s migrated from schema v%d to v%d",

@@ -329,7 +329,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError(
             f"--replica-name {args.replica_name!r}: use 1-64 letters, digits and . _ : -"
         )
-    from repo_server import check_tls, create_app, run_forever, server_names  # server extra
+    from repo_server import (  # server extra
+        bind_socket,
+        check_tls,
+        create_app,
+        run_forever,
+        server_names,
+    )
 
     check_tls(args.tls_cert, args.tls_key)
     repo = open_repository(args)
@@ -341,6 +347,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         refresh_interval_seconds=args.refresh_interval,
     )
+    # Bind before touching the tracker: a busy port is the only thing said.
+    sock = bind_socket(args.host, args.port)
     ctx = build_context(repo, passphrase, args.tick_interval, limits, args.replica_name)
     ctx.local_viewer = args.local_viewer
     ctx.server_names = server_names(repo.config.server_url, args.server_name, args.host)
@@ -365,6 +373,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"dashboard: {scheme}://{args.host}:{args.port}/dashboard", flush=True)
 
     run_forever(
-        create_app(ctx), args.host, args.port, args.tls_cert, args.tls_key, on_listening=listening
+        create_app(ctx),
+        args.host,
+        args.port,
+        args.tls_cert,
+        args.tls_key,
+        on_listening=listening,
+        sock=sock,
     )
     return 0
