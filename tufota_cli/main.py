@@ -59,6 +59,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("simulate_cmd", ("simulate",)),
     ("demo_cmd", ("demo",)),
     ("ops_cmds", ("login", "profile")),
+    ("db_cmds", ("db",)),
 )
 
 
