@@ -119,8 +119,31 @@ class ServerContext:
             except TufotaError as e:
                 self.refresh = RefreshStatus(now, [], str(e), self.refresh.last_renewal)
                 logger.error("online role refresh failed: %s", e)
+                self._share_refresh()
                 raise
             self.refresh = RefreshStatus(
                 now, renewed, "", now if renewed else self.refresh.last_renewal
             )
+            self._share_refresh()
             return renewed
+
+    def _share_refresh(self) -> None:
+        """Record the outcome in the tracker, so every replica shows the leader's refresh."""
+        put = getattr(self.store, "put_setting", None)
+        if put is None:
+            return
+        try:
+            put("online_refresh", {**self.refresh.to_json(), "replica": self.leadership.replica})
+        except TufotaError as e:
+            logger.warning("cannot record the online refresh in the tracker: %s", e)
+
+    def last_refresh(self) -> dict[str, Any]:
+        """The latest online refresh of any replica (this one's when it refreshed)."""
+        if self.refresh.at is not None:
+            return {**self.refresh.to_json(), "replica": self.leadership.replica}
+        get = getattr(self.store, "get_setting", None)
+        try:
+            shared = get("online_refresh") if get is not None else None
+        except TufotaError:
+            shared = None
+        return shared if isinstance(shared, dict) else {**self.refresh.to_json(), "replica": None}

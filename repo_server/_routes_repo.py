@@ -77,7 +77,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
             "storage": ctx.storage_url,
             "time": format_time(now),
             "refresh_interval_seconds": ctx.refresh_interval,
-            "last_refresh": ctx.refresh.to_json(),
+            "last_refresh": ctx.last_refresh(),
+            "replica": ctx.leadership.replica,
+            "leader": ctx.leadership.leader_name(),
             "roles": roles,
         }
 

@@ -390,46 +390,52 @@ class PostgresTrackerStore(SqlTrackerStore):
 
 
 class AdvisoryLeaderLock:
-    """A session-level advisory lock on a dedicated connection."""
+    """A session-level advisory lock on a connection of its own (kept while following too)."""
 
     def __init__(self, store: PostgresTrackerStore, name: str) -> None:
         self._store = store
         self._key = lock_key(f"leader:{name}")
         self._raw: Any = None
+        self._holding = False
 
     def try_acquire(self) -> bool:
-        """Take the lock if free; True when this process holds it (now or already)."""
-        if self._raw is not None:
+        """Take the lock if free; True when this process holds it (now or already).
+
+        Raises:
+            StoreError: the database cannot be reached.
+        """
+        if self._holding:
             return self.held()
-        raw = self._store.connect(statement_timeout=5000)
+        if self._raw is None or self._raw.closed:
+            self._raw = self._store.connect(statement_timeout=5000)
         try:
-            row = raw.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self._key,)).fetchone()
-        except Exception:
-            raw.close()
-            raise
-        if not row["ok"]:
-            raw.close()
-            return False
-        self._raw = raw
-        return True
+            row = self._raw.execute(
+                "SELECT pg_try_advisory_lock(%s) AS ok", (self._key,)
+            ).fetchone()
+        except self._store._psycopg.Error as e:
+            self.release()
+            raise StoreError(f"leader lock on {self._store.location}: {_first_line(e)}") from e
+        self._holding = bool(row["ok"])
+        return self._holding
 
     def held(self) -> bool:
-        """Whether the session holding the lock is still alive (a round trip)."""
-        if self._raw is None:
+        """Whether this process still holds the lock: its session answers (a round trip)."""
+        if not self._holding:
             return False
         try:
             self._raw.execute("SELECT 1")
-        except Exception:
+        except self._store._psycopg.Error:
             self.release()
             return False
         return True
 
     def release(self) -> None:
-        raw, self._raw = self._raw, None
+        """Give the lock up by ending the session."""
+        raw, self._raw, self._holding = self._raw, None, False
         if raw is not None:
             try:
                 raw.close()
-            except Exception:
+            except self._store._psycopg.Error:
                 logger.debug("closing the leader connection failed", exc_info=True)
 
 
