@@ -26,6 +26,8 @@ from tufota_core import TufotaError, format_time, utcnow
 
 logger = logging.getLogger(__name__)
 
+FORGED_SETTING = "forged_rollout_targets"
+
 
 @dataclass
 class RefreshStatus:
@@ -126,6 +128,14 @@ class ServerContext:
             )
             self._share_refresh()
             return renewed
+
+    def take_forged_targets(self) -> tuple[str, ...]:
+        """Forged rollouts-role entries any replica dropped since the last call (the watchdog's)."""
+        taken = set(self.publisher.take_forged_targets())
+        take = getattr(self.store, "take_set", None)
+        if take is not None:
+            taken |= set(take(FORGED_SETTING))
+        return tuple(sorted(taken))
 
     def _share_refresh(self) -> None:
         """Record the outcome in the tracker, so every replica shows the leader's refresh."""

@@ -229,6 +229,8 @@ class Publisher:
         self.forged_targets: tuple[str, ...] = ()  # forged rollouts entries dropped, not yet taken
         # Replicas on one database also publish one at a time through it (see ``_locked``).
         self.serialize: Callable[[], contextlib.AbstractContextManager[object]] | None = None
+        # Replicas hand forged entries to the leader's watchdog through the database.
+        self.on_forged: Callable[[tuple[str, ...]], None] | None = None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -267,6 +269,11 @@ class Publisher:
             del rollouts.signed.targets[path]
         if forged:
             self.forged_targets = tuple(sorted({*self.forged_targets, *forged}))
+            if self.on_forged is not None:
+                try:
+                    self.on_forged(tuple(forged))
+                except TufotaError as e:  # the local record still reaches this replica's watchdog
+                    logger.warning("cannot share the forged entries with other replicas: %s", e)
             shown = ", ".join(repr(safe_text(p, 80)) for p in forged[:5])
             more = f" and {len(forged) - 5} more" if len(forged) > 5 else ""
             logger.error(

@@ -90,9 +90,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     ctx.controller.attach_repository(
         expiries=ctx.publisher.expiries,
         releases=lambda: release_catalog(ctx.publisher.state()),
-        published=lambda: published_rollouts(
-            ctx.publisher.storage, ctx.publisher.take_forged_targets()
-        ),
+        published=lambda: published_rollouts(ctx.publisher.storage, ctx.take_forged_targets()),
     )
     router = APIRouter()
     read = [Depends(ctx.require("read"))]

@@ -388,6 +388,26 @@ class SqlTrackerStore(TrackerStore):
                 (name, json.dumps(value, sort_keys=True)),
             )
 
+    def add_to_set(self, name: str, items: Iterable[str]) -> None:
+        """Add strings to the set stored under ``name`` (one transaction, so no add is lost)."""
+        with self._tx(write=True) as conn:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+            found = set(json.loads(row["value"])) if row is not None else set()
+            conn.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, json.dumps(sorted(found | set(items)))),
+            )
+
+    def take_set(self, name: str) -> list[str]:
+        """The set stored under ``name``, emptied in the same transaction."""
+        with self._tx(write=True) as conn:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return []
+            conn.execute("DELETE FROM settings WHERE name = ?", (name,))
+            return sorted(json.loads(row["value"]))
+
     def get_setting(self, name: str) -> Any:
         """The JSON value stored under ``name``, or None."""
         with self._tx(write=False) as conn:

@@ -241,6 +241,7 @@ def build_context(
     (default ``HOST:PID``).
     """
     from repo_server import ServerContext
+    from repo_server._context import FORGED_SETTING
     from repo_server._leader import Leadership, default_replica_name
     from staging import RolloutController
 
@@ -250,6 +251,7 @@ def build_context(
     store = repo.open_tracker(f"tufota serve {replica}")
     wait = limits.lock_timeout_seconds
     publisher.serialize = lambda: store.exclusive("publish", wait)
+    publisher.on_forged = lambda paths: store.add_to_set(FORGED_SETTING, paths)
     controller = RolloutController(store, publisher)
     return ServerContext(
         leadership=Leadership(store.leader_lock("controller"), replica, store),

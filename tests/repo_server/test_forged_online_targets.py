@@ -141,3 +141,32 @@ def test_a_forged_document_entry_without_its_file_does_not_stop_publishing(
     record = store.get_rollout(doc.rollout_id)
     assert record.published_revision == record.revision
     store.close()
+
+
+def test_forged_targets_a_follower_dropped_reach_the_leaders_watchdog(
+    released_repo: Repository,
+) -> None:
+    """Two replicas on one tracker: the follower re-signs (dropping the forgery), the leader
+    alerts."""
+    from repo_server import create_app
+    from tufota_cli.repo_cmds import build_context
+
+    leader = build_context(released_repo, ask, replica="leader")
+    follower = build_context(released_repo, ask, replica="follower")
+    create_app(leader)  # attaches the watchdog to the leader's controller
+    try:
+        assert leader.leadership.check()
+        assert not follower.leadership.check()
+        leader.tick_if_leading()
+        _forge(released_repo)
+        follower.refresh_online()  # drops the forged entries; only the follower saw them
+        role = load_state(released_repo.storage).roles[ROLLOUTS_ROLE]
+        assert not set(FORGED) & set(role.signed.targets)
+        leader.tick_if_leading()
+        alerts = leader.store.list_alerts(open_only=True, kinds=["rollout_diverged"])
+        assert len(alerts) == 1
+        assert "evil.bin" in alerts[0].summary
+    finally:
+        for ctx in (leader, follower):
+            ctx.leadership.release()
+            ctx.store.close()
