@@ -41,7 +41,7 @@ from staging._schema import (
     postgres_ddl,
     statements,
 )
-from staging._sqlstore import Conn, Cursor, SqlTrackerStore
+from staging._sqlstore import Conn, Cursor, ReportChanges, SqlTrackerStore
 from tufota_core import ConflictError, InputError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,59 @@ def is_postgres_url(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
 
 
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+# The report batch's statements of SqlTrackerStore (same parameter rows), as one
+# statement each over arrays; unnest keeps the rows' order, so event ids do too.
+_PG_UPDATE_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 17)
+_PG_UPDATE_REPORTED = (
+    "UPDATE devices AS d SET last_seq = u.seq, state = u.state, installed_version = u.installed,"
+    " target_version = u.target, rollout_id = u.rollout, last_seen = u.at,"
+    " error_code = u.code, error_message = u.message, bytes_done = u.done,"
+    " bytes_total = u.total, clock_skew = u.skew,"
+    " state_since = CASE WHEN u.changed THEN u.at ELSE coalesce(d.state_since, u.at) END,"
+    " progress_at = CASE WHEN u.progressed THEN u.at ELSE coalesce(d.progress_at, u.at) END"
+    " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[],"
+    " %s::boolean[], %s::text[]) AS u(seq, state, installed, target, rollout, at, code, message,"
+    " done, total, skew, changed, progressed, device_id)"
+    ' WHERE d.device_id = u.device_id COLLATE "C"'
+)
+_PG_UPDATE_FAILED = (
+    "UPDATE devices AS d SET failed_state = u.state, failed_version = u.version,"
+    " failed_rollout_id = u.rollout, failed_at = u.at, failed_code = u.code,"
+    " failed_message = u.message"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[]) AS u(state, version, rollout, at, code, message, device_id)"
+    ' WHERE d.device_id = u.device_id COLLATE "C"'
+)
+_PG_INSERT_REPORT_EVENTS = (
+    "INSERT INTO events (at, kind, device_id, rollout_id, state, version, wave, seq, reason)"
+    " SELECT at, 'report', device_id, rollout_id, state, version, NULL, seq, reason"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::text[]) WITH ORDINALITY"
+    " AS u(at, device_id, rollout_id, state, version, seq, reason, n) ORDER BY n"
+)
+_PG_INSERT_SECURITY_EVENTS = (
+    "INSERT INTO security_events (at, device_id, hardware_id, rollout_id, version, code, message)"
+    " SELECT at, device_id, hardware_id, rollout_id, version, code, message"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[]) WITH ORDINALITY"
+    " AS u(at, device_id, hardware_id, rollout_id, version, code, message, n) ORDER BY n"
+)
+_PG_INSERT_TRANSFERS = (
+    "INSERT INTO transfers (at, device_id, rollout_id, version, image_bytes, fetched_bytes,"
+    " delta_from)"
+    " SELECT at, device_id, rollout_id, version, image_bytes, fetched_bytes, delta_from"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+    " %s::text[]) WITH ORDINALITY"
+    " AS u(at, device_id, rollout_id, version, image_bytes, fetched_bytes, delta_from, n)"
+    " ORDER BY n"
+)
+
+
 class _PgConn:
     """A psycopg connection that speaks the shared queries' parameter style."""
 
@@ -127,6 +180,9 @@ class PostgresTrackerStore(SqlTrackerStore):
     _rollout_order = "created_at DESC, ord DESC"
     _row_key = "device_id"
     _json_array = "json_agg(DISTINCT {})::text"
+    # PostgreSQL pulls the subquery up and repeats the outcome CASE in each of
+    # the ten aggregates; OFFSET 0 keeps it a subquery (1M devices: 1.1 -> 0.4 s).
+    _subquery_fence = " OFFSET 0"
 
     def __init__(
         self, url: str, config: StagingConfig | None = None, application_name: str = "tufota"
@@ -228,8 +284,8 @@ class PostgresTrackerStore(SqlTrackerStore):
         try:
             try:
                 if write:
-                    raw.execute("BEGIN")
-                    raw.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                    # One round trip: the key is our constant, not input.
+                    raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK:d})")
                 else:
                     raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             except psycopg.errors.LockNotAvailable as e:
@@ -335,6 +391,33 @@ class PostgresTrackerStore(SqlTrackerStore):
             " FROM cohort_update AS u WHERE d.device_id = u.device_id",
             (rollout_id,),
         )
+
+    def _write_report_changes(self, conn: Conn, changes: ReportChanges) -> None:
+        # One statement per table with arrays as parameters: psycopg's executemany
+        # spends more of the server's one Python core per row than PostgreSQL does.
+        raw = cast(_PgConn, conn).raw
+        if changes.updates:
+            # A device reporting twice in a batch: its last report's values, and
+            # "changed since" if either report changed it (one ``when`` per batch).
+            last: dict[str, tuple[Any, ...]] = {}
+            for row in changes.updates:
+                prior = last.get(row[17])
+                if prior is not None:
+                    row = (*row[:11], row[11] or prior[11], *row[12:14], row[14] or prior[14],
+                           *row[15:])  # fmt: skip
+                last[row[17]] = row
+            rows = list(last.values())
+            raw.execute(_PG_UPDATE_REPORTED, [[r[i] for r in rows] for i in _PG_UPDATE_COLUMNS])
+        if changes.failures:
+            last = {row[6]: row for row in changes.failures}
+            raw.execute(_PG_UPDATE_FAILED, _columns(list(last.values()), 7))
+        for sql, rows, width in (
+            (_PG_INSERT_REPORT_EVENTS, changes.events, 7),
+            (_PG_INSERT_SECURITY_EVENTS, changes.security, 7),
+            (_PG_INSERT_TRANSFERS, changes.transfers, 7),
+        ):
+            if rows:
+                raw.execute(sql, _columns(rows, width))
 
     # -- locks across replicas --------------------------------------------------------
 

@@ -10,7 +10,12 @@ backend, named here:
   PostgreSQL identity column).
 * ``_row_key``: the cheapest key to update a device row by.
 * ``_json_array``: an aggregate returning a JSON array as text.
+* ``_subquery_fence``: appended to the gate's per-device subquery so the
+  planner computes each device's outcome once, not once per aggregate.
 * ``_bulk_insert`` / ``_set_cohorts``: executemany on SQLite, COPY on PostgreSQL.
+* ``_write_report_changes``: the ingest's batched writes; executemany on
+  SQLite, one array statement per table on PostgreSQL (whose executemany costs
+  the server's one core more than the statements do).
 
 Invariants (on top of those of ``TrackerStore``), on both backends:
 * Every write transaction holds the tracker's one write lock from its first
@@ -33,7 +38,7 @@ import logging
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -152,6 +157,19 @@ _INSERT_TRANSFER = (
     "INSERT INTO transfers (at, device_id, rollout_id, version, image_bytes, fetched_bytes,"
     " delta_from) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+@dataclass
+class ReportChanges:
+    """A report batch's writes: parameter rows of the statements above, in report order."""
+
+    updates: list[tuple[Any, ...]]  # _UPDATE_REPORTED
+    failures: list[tuple[Any, ...]]  # _UPDATE_FAILED
+    events: list[tuple[Any, ...]]  # _INSERT_REPORT_EVENT
+    security: list[tuple[Any, ...]]  # _INSERT_SECURITY_EVENT
+    transfers: list[tuple[Any, ...]]  # _INSERT_TRANSFER
+
+
 # Bytes fetched, bytes saved against full downloads, and downloads made by delta.
 _TRANSFER_TOTALS = (
     "SELECT coalesce(sum(fetched_bytes), 0) AS fetched,"
@@ -330,6 +348,7 @@ class SqlTrackerStore(TrackerStore):
     _rollout_order = "created_at DESC, rowid DESC"
     _row_key = "rowid"
     _json_array = "json_group_array(DISTINCT {})"
+    _subquery_fence = ""
     _integrity_errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, config: StagingConfig | None = None) -> None:
@@ -632,17 +651,22 @@ class SqlTrackerStore(TrackerStore):
                         transfers,
                     )
                 )
-            if updates:
-                conn.executemany(_UPDATE_REPORTED, updates)
-            if failures:
-                conn.executemany(_UPDATE_FAILED, failures)
-            if events:
-                conn.executemany(_INSERT_REPORT_EVENT, events)
-            if security:
-                conn.executemany(_INSERT_SECURITY_EVENT, security)
-            if transfers:
-                conn.executemany(_INSERT_TRANSFER, transfers)
+            self._write_report_changes(
+                conn, ReportChanges(updates, failures, events, security, transfers)
+            )
         return outcomes
+
+    def _write_report_changes(self, conn: Conn, changes: ReportChanges) -> None:
+        """Write a batch's changes, in report order (a device may report twice)."""
+        for sql, rows in (
+            (_UPDATE_REPORTED, changes.updates),
+            (_UPDATE_FAILED, changes.failures),
+            (_INSERT_REPORT_EVENT, changes.events),
+            (_INSERT_SECURITY_EVENT, changes.security),
+            (_INSERT_TRANSFER, changes.transfers),
+        ):
+            if rows:
+                conn.executemany(sql, rows)
 
     def device_history(self, device_id: str, limit: int | None = None) -> list[Event]:
         with self._tx(write=False) as conn:
@@ -990,7 +1014,8 @@ class SqlTrackerStore(TrackerStore):
                 " count(*) FILTER (WHERE o != 'succeeded' AND coalesce(clock_skew, 0) > :skew)"
                 "   AS skewed"
                 f" FROM (SELECT cohort_wave, last_seen, failed_at, clock_skew, {outcome} AS o"
-                "   FROM devices WHERE cohort_rollout = :rollout_id AND status != 'revoked') AS d"
+                "   FROM devices WHERE cohort_rollout = :rollout_id AND status != 'revoked'"
+                f"{self._subquery_fence}) AS d"
                 " GROUP BY cohort_wave",
                 params,
             ).fetchall()

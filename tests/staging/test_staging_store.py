@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,73 @@ def test_a_batch_of_reports_has_the_outcomes_record_report_would_give(
         (2, "failed"),
     ]
     assert store.get_device(revoked).last_seq == store.get_device(pending).last_seq == 0
+
+
+def test_a_batch_leaves_each_device_as_its_reports_one_by_one_would(
+    devices: Devices, store: SqliteTrackerStore
+) -> None:
+    # A device reporting several times in one batch: the array writes on PostgreSQL
+    # must keep report order, "state changed at" and "progress at" like one-by-one.
+    batched, single = devices.add(2)
+    target = {"target_version": "2.0.0", "rollout_id": "r1"}
+
+    def reports(device_id: str) -> list[Report]:
+        return [
+            Report(device_id, HW, 2, "downloading", bytes_done=10, bytes_total=90, **target),
+            Report(device_id, HW, 3, "downloading", bytes_done=40, bytes_total=90, **target),
+            Report(
+                device_id,
+                HW,
+                4,
+                "downloaded",
+                bytes_done=90,
+                bytes_total=90,
+                bytes_fetched=9,
+                delta_from="1.0.0",
+                **target,
+            ),
+            Report(
+                device_id,
+                HW,
+                5,
+                "failed",
+                error_code="target_hash_mismatch",
+                message="bad hash",
+                **target,
+            ),
+            Report(device_id, HW, 6, "failed", error_code="install", message="full", **target),
+            Report(device_id, HW, 7, "idle", "1.0.0"),
+            Report(device_id, HW, 8, "downloading", bytes_done=5, **target),
+            Report(device_id, HW, 9, "downloading", bytes_done=5, **target),  # no change
+        ]
+
+    for device_id in (batched, single):  # known since an hour before the batch
+        store.record_reports([Report(device_id, HW, 1, "idle")], START - timedelta(hours=1))
+    store.record_reports(reports(batched), START)
+    for report in reports(single):
+        store.record_reports([report], START)
+
+    def seen(device_id: str) -> tuple[Any, ...]:
+        got = store.get_device(device_id).to_json()
+        for registration in ("device_id", "public_key", "registered_at"):
+            got.pop(registration, None)
+        history = [
+            (e.kind, e.seq, e.state, e.reason)
+            for e in store.device_history(device_id)
+            if e.kind == "report"
+        ]
+        moved = [{**t, "at": None} for t in store.device_transfers(device_id)]
+        return got, history, moved
+
+    assert seen(batched) == seen(single)
+    got, history, moved = seen(batched)
+    assert [h[1] for h in history] == [1, 2, 4, 5, 6, 7, 8]
+    assert (got["failed_code"], got["state"]) == ("install", "downloading")
+    assert got["state_since"] == got["progress_at"] == got["last_seen"]
+    assert [t["fetched_bytes"] for t in moved] == [9]
+    (security,) = store.security_summary()
+    assert (security["events"], security["devices"]) == (2, 2)
+    assert security["codes"] == ["target_hash_mismatch"]
 
 
 def test_a_pending_device_still_reports_through_record_report(
