@@ -1,4 +1,4 @@
-"""Generate a ``tufota-delta/1`` delta between two firmware images (offline, pure files).
+"""Generate a ``tufota-delta/1`` or ``/2`` delta between two firmware images (offline, pure files).
 
 Method (chosen by measurement, see docs/decisions/0009-delta-format.md):
 

@@ -10,7 +10,8 @@ Steps (TUF specification 5.3-5.6 applied to what the bundle carries):
    threshold of signatures by the root's targets keys.
 3. Every delegated role must carry a threshold of signatures by the keys its
    delegation lists, must not be expired, and may list only paths its
-   delegation allows; every firmware target must carry valid ``custom`` fields.
+   delegation allows; every firmware and delta target must carry valid
+   ``custom`` fields.
 4. Blob lengths and hashes were already checked by ``read_bundle``.
 
 ``verify_bundle`` raises on the first failure and never writes anything.
@@ -38,6 +39,7 @@ class BundleCheck:
     roles: dict[str, int]
     firmware: tuple[tuple[TargetFile, FirmwareInfo], ...]
     signatures: dict[str, tuple[int, int]]  # role -> (valid signatures, threshold)
+    deltas: tuple[tuple[TargetFile, DeltaInfo], ...] = ()
 
 
 def verify_delegate(
@@ -98,6 +100,7 @@ def verify_bundle(
         )
         signatures[Targets.type] = (len(result.signed), result.threshold)
     firmware: list[tuple[TargetFile, FirmwareInfo]] = []
+    deltas: list[tuple[TargetFile, DeltaInfo]] = []
     for name, md in sorted(bundle.roles.items()):
         assert delegator is not None
         verify_delegate(delegator, name, md)
@@ -117,7 +120,7 @@ def verify_bundle(
         for path, target in sorted(md.signed.targets.items()):
             if path in blob_paths:
                 if is_delta_custom(target.custom):
-                    DeltaInfo.from_custom(target.custom)  # well formed; not a release
+                    deltas.append((target, DeltaInfo.from_custom(target.custom)))
                     continue
                 firmware.append((target, FirmwareInfo.from_custom(target.custom)))
     return BundleCheck(
@@ -126,4 +129,5 @@ def verify_bundle(
         roles={n: md.signed.version for n, md in bundle.roles.items()},
         firmware=tuple(firmware),
         signatures=signatures,
+        deltas=tuple(deltas),
     )

@@ -314,7 +314,9 @@ def _sign(args: argparse.Namespace, work: Path) -> int:
     have, need = signature_count(current.targets, name, product)
     blobs = [(target, firmware)] + [(d.target, d.path) for d in deltas if d.target is not None]
     write_bundle(out, roles={name: product}, blobs=blobs, context_targets=current.targets)
-    print(f"wrote {out}: {target.path}, {have} of {need} signature(s)")
+    carried = sum(d.target is not None for d in deltas)
+    with_deltas = f" and {carried} delta(s)" if carried else ""
+    print(f"wrote {out}: {target.path}{with_deltas}, {have} of {need} signature(s)")
     if have < need:
         print(
             f"the product line needs {need} signatures: each other release key holder runs "
@@ -381,6 +383,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"{target.path}: {target.length} bytes, sha256 {target.hashes['sha256']}, "
             f"version {info.version}, severity {info.severity}"
+        )
+    for target, delta in check.deltas:
+        print(
+            f"{target.path}: {target.length} bytes, delta from {delta.source_version} "
+            f"to {delta.result_version} ({delta.delta_format})"
         )
     if check.root_version is not None:
         print(f"carries root v{check.root_version}")

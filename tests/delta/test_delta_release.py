@@ -125,8 +125,12 @@ def test_signed_bundle_with_a_delta_is_uploaded_and_published(
     assert main([*sign, "--delta-from", f"1.0.0={new}"]) == 1
     assert "is not the signed image of gw-100 1.0.0" in capsys.readouterr().err
     assert main([*sign, "--delta-from", f"1.0.0={old}"]) == 0
+    assert "firmware/gw-100/2.0.0/fw.tar and 1 delta(s)," in capsys.readouterr().out
+    # Whoever checks the bundle before uploading sees the delta it carries.
     assert main(["release", "verify", str(bundle), "--repo", str(repo.path)]) == 0
-    capsys.readouterr()
+    verified = capsys.readouterr().out
+    assert "fw.tar.from-1.0.0.tfdelta: " in verified
+    assert "delta from 1.0.0 to 2.0.0 (tufota-delta/1)" in verified
     tokens = repo.token_store()
     uploader = tokens.create("ci", "uploader")
     ctx = build_context(repo, ask)
