@@ -20,6 +20,7 @@ Invariants (on top of those of ``SqlTrackerStore``):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import queue
 import re
@@ -95,56 +96,67 @@ def is_postgres_url(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i in range(width)]
+def _json(rows: list[tuple[Any, ...]]) -> str:
+    return json.dumps(rows, separators=(",", ":"))
 
 
-# The report batch's statements of SqlTrackerStore (same parameter rows), as one
-# statement each over arrays; unnest keeps the rows' order, so event ids do too.
-_PG_UPDATE_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 17)
-_PG_UPDATE_REPORTED = (
+def _json_rows(columns: str) -> str:
+    """A derived table ``u`` of the rows in one JSON parameter (arrays, in order, as ``n``).
+
+    ``columns``: "name type, ..." in the rows' order. One JSON text is the cheapest
+    parameter for psycopg to adapt (json.dumps is C); PostgreSQL parses it once (jsonb).
+    """
+    fields = [c.split() for c in columns.split(",")]
+    picks = ", ".join(f"(e->>{i})::{kind} AS {name}" for i, (name, kind) in enumerate(fields))
+    source = "jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(e, n)"
+    return f"(SELECT {picks}, n FROM {source}) AS u"  # noqa: S608 - our names, values bound
+
+
+def _over_json(head: str, columns: str, tail: str) -> str:
+    return f"{head} FROM {_json_rows(columns)}{tail}"
+
+
+# SqlTrackerStore's report batch statements, each over all of the batch's rows
+# (the same parameter tuples, as one JSON array); rows keep their order, so event ids do too.
+_PG_UPDATE_REPORTED = _over_json(
     "UPDATE devices AS d SET last_seq = u.seq, state = u.state, installed_version = u.installed,"
     " target_version = u.target, rollout_id = u.rollout, last_seen = u.at,"
     " error_code = u.code, error_message = u.message, bytes_done = u.done,"
     " bytes_total = u.total, clock_skew = u.skew,"
     " state_since = CASE WHEN u.changed THEN u.at ELSE coalesce(d.state_since, u.at) END,"
-    " progress_at = CASE WHEN u.progressed THEN u.at ELSE coalesce(d.progress_at, u.at) END"
-    " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[],"
-    " %s::boolean[], %s::text[]) AS u(seq, state, installed, target, rollout, at, code, message,"
-    " done, total, skew, changed, progressed, device_id)"
-    ' WHERE d.device_id = u.device_id COLLATE "C"'
+    " progress_at = CASE WHEN u.progressed THEN u.at ELSE coalesce(d.progress_at, u.at) END",
+    "seq bigint, state text, installed text, target text, rollout text, at text, code text,"
+    " message text, done bigint, total bigint, skew bigint, changed boolean, at2 text,"
+    " at3 text, progressed boolean, at4 text, at5 text, device_id text",
+    ' WHERE d.device_id = u.device_id COLLATE "C"',
 )
-_PG_UPDATE_FAILED = (
+_PG_UPDATE_FAILED = _over_json(
     "UPDATE devices AS d SET failed_state = u.state, failed_version = u.version,"
     " failed_rollout_id = u.rollout, failed_at = u.at, failed_code = u.code,"
-    " failed_message = u.message"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[]) AS u(state, version, rollout, at, code, message, device_id)"
-    ' WHERE d.device_id = u.device_id COLLATE "C"'
+    " failed_message = u.message",
+    "state text, version text, rollout text, at text, code text, message text, device_id text",
+    ' WHERE d.device_id = u.device_id COLLATE "C"',
 )
-_PG_INSERT_REPORT_EVENTS = (
+_PG_INSERT_REPORT_EVENTS = _over_json(
     "INSERT INTO events (at, kind, device_id, rollout_id, state, version, wave, seq, reason)"
-    " SELECT at, 'report', device_id, rollout_id, state, version, NULL, seq, reason"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-    " %s::text[]) WITH ORDINALITY"
-    " AS u(at, device_id, rollout_id, state, version, seq, reason, n) ORDER BY n"
+    " SELECT at, 'report', device_id, rollout_id, state, version, NULL, seq, reason",
+    "at text, device_id text, rollout_id text, state text, version text, seq bigint, reason text",
+    " ORDER BY n",
 )
-_PG_INSERT_SECURITY_EVENTS = (
+_PG_INSERT_SECURITY_EVENTS = _over_json(
     "INSERT INTO security_events (at, device_id, hardware_id, rollout_id, version, code, message)"
-    " SELECT at, device_id, hardware_id, rollout_id, version, code, message"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[]) WITH ORDINALITY"
-    " AS u(at, device_id, hardware_id, rollout_id, version, code, message, n) ORDER BY n"
+    " SELECT at, device_id, hardware_id, rollout_id, version, code, message",
+    "at text, device_id text, hardware_id text, rollout_id text, version text, code text,"
+    " message text",
+    " ORDER BY n",
 )
-_PG_INSERT_TRANSFERS = (
+_PG_INSERT_TRANSFERS = _over_json(
     "INSERT INTO transfers (at, device_id, rollout_id, version, image_bytes, fetched_bytes,"
     " delta_from)"
-    " SELECT at, device_id, rollout_id, version, image_bytes, fetched_bytes, delta_from"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
-    " %s::text[]) WITH ORDINALITY"
-    " AS u(at, device_id, rollout_id, version, image_bytes, fetched_bytes, delta_from, n)"
-    " ORDER BY n"
+    " SELECT at, device_id, rollout_id, version, image_bytes, fetched_bytes, delta_from",
+    "at text, device_id text, rollout_id text, version text, image_bytes bigint,"
+    " fetched_bytes bigint, delta_from text",
+    " ORDER BY n",
 )
 
 
@@ -277,10 +289,19 @@ class PostgresTrackerStore(SqlTrackerStore):
         self._slots.release()
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Conn]:
+    def _tx(self, *, write: bool, single: bool = False) -> Iterator[Conn]:
         psycopg = self._psycopg
         raw = self._checkout()
         broken = False
+        if single and not write:
+            try:
+                yield _PgConn(raw)  # an autocommit statement: its own snapshot
+            except psycopg.Error as e:
+                broken = raw.broken
+                raise StoreError(f"tracker store {self.location}: {_first_line(e)}") from e
+            finally:
+                self._checkin(raw, broken)
+            return
         try:
             try:
                 if write:
@@ -393,12 +414,14 @@ class PostgresTrackerStore(SqlTrackerStore):
         )
 
     def _write_report_changes(self, conn: Conn, changes: ReportChanges) -> None:
-        # One statement per table with arrays as parameters: psycopg's executemany
-        # spends more of the server's one Python core per row than PostgreSQL does.
+        # One statement per table, the rows as one JSON parameter: psycopg's
+        # executemany (or array parameters) cost the server's one Python core
+        # more per row than PostgreSQL spends on the writes.
         raw = cast(_PgConn, conn).raw
         if changes.updates:
-            # A device reporting twice in a batch: its last report's values, and
-            # "changed since" if either report changed it (one ``when`` per batch).
+            # A device reporting twice in a batch (a statement updates a row once):
+            # its last report's values, and "changed since" if either report
+            # changed it (``when`` is the same for the whole batch).
             last: dict[str, tuple[Any, ...]] = {}
             for row in changes.updates:
                 prior = last.get(row[17])
@@ -406,18 +429,17 @@ class PostgresTrackerStore(SqlTrackerStore):
                     row = (*row[:11], row[11] or prior[11], *row[12:14], row[14] or prior[14],
                            *row[15:])  # fmt: skip
                 last[row[17]] = row
-            rows = list(last.values())
-            raw.execute(_PG_UPDATE_REPORTED, [[r[i] for r in rows] for i in _PG_UPDATE_COLUMNS])
+            raw.execute(_PG_UPDATE_REPORTED, (_json(list(last.values())),))
         if changes.failures:
-            last = {row[6]: row for row in changes.failures}
-            raw.execute(_PG_UPDATE_FAILED, _columns(list(last.values()), 7))
-        for sql, rows, width in (
-            (_PG_INSERT_REPORT_EVENTS, changes.events, 7),
-            (_PG_INSERT_SECURITY_EVENTS, changes.security, 7),
-            (_PG_INSERT_TRANSFERS, changes.transfers, 7),
+            failed = {row[6]: row for row in changes.failures}
+            raw.execute(_PG_UPDATE_FAILED, (_json(list(failed.values())),))
+        for sql, rows in (
+            (_PG_INSERT_REPORT_EVENTS, changes.events),
+            (_PG_INSERT_SECURITY_EVENTS, changes.security),
+            (_PG_INSERT_TRANSFERS, changes.transfers),
         ):
             if rows:
-                raw.execute(sql, _columns(rows, width))
+                raw.execute(sql, (_json(rows),))
 
     # -- locks across replicas --------------------------------------------------------
 

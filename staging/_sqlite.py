@@ -140,7 +140,7 @@ class SqliteTrackerStore(SqlTrackerStore):
             return int(conn.execute("SELECT max(version) AS v FROM schema_version").fetchone()["v"])
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Conn]:
+    def _tx(self, *, write: bool, single: bool = False) -> Iterator[Conn]:
         with self._lock:
             conn = self._conn
             if conn is None:
