@@ -49,6 +49,18 @@ MAX_REPORT_BYTES = 16 * 1024
 MAX_REPORT_SEQ = 2**62  # also the cap on byte counts: integers SQLite stores
 
 
+def _check_storable(name: str, value: Any) -> None:
+    """Text every tracker database stores as sent: no NUL, no lone surrogate (not UTF-8)."""
+    if not isinstance(value, str):
+        return
+    if "\x00" in value:
+        raise InputError(f"report field {name!r} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"report field {name!r} is not valid Unicode (a lone surrogate)") from e
+
+
 @dataclass(frozen=True)
 class Report:
     """One status report from a device."""
@@ -71,6 +83,8 @@ class Report:
     delta_from: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("rollout_id", "message", "time"):
+            _check_storable(name, getattr(self, name))
         check_device_id(self.device_id)
         check_hardware_id(self.hardware_id)
         if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1:

@@ -169,6 +169,8 @@ def test_signed_report_verifies_and_tampering_is_detected() -> None:
         {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "idle", "extra": 1},
         {"device_id": "d", "hardware_id": "gw", "seq": 1.5, "state": "idle"},
         {"device_id": "d", "hardware_id": "gw", "seq": True, "state": "idle"},
+        {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "idle", "message": "a\x00"},
+        {"device_id": "d", "hardware_id": "gw", "seq": 1, "state": "idle", "time": "\ud800"},
     ],
 )
 def test_malformed_reports_are_refused(report: dict[str, object]) -> None:

@@ -166,3 +166,29 @@ def test_an_unexpected_error_is_a_plain_500_logged_once_per_minute(
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1, [r.getMessage() for r in caplog.records]
     assert "GET /test-only/boom" in tracebacks[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("message", "disk\u0000full", "NUL"),
+        ("message", "bad \ud800 text", "lone surrogate"),
+        ("rollout_id", "r\u00001", "NUL"),
+        ("time", "\udfff", "lone surrogate"),
+    ],
+)
+def test_a_signed_report_with_text_no_database_stores_is_a_400(
+    running: Running, field: str, value: str, said: str
+) -> None:
+    # PostgreSQL refuses NUL and lone surrogates in text: refused up front on every
+    # backend, not a 503 the device would retry for ever.
+    signer = _register(running.ctx, "dev-1")
+    report = sign_report(Report("dev-1", "gw-100", 1, "idle"), signer)["report"]
+    report[field] = value
+    envelope = {"report": report, "signature": signer.sign(canonical_bytes(report)).to_dict()}
+    url = f"{running.url}/api/v1/devices/dev-1/reports"
+    response = requests.post(url, json=envelope, timeout=5)
+    assert response.status_code == 400, response.text
+    assert said in response.json()["message"]
+    assert running.ctx.store.get_device("dev-1").last_seq == 0
+    assert requests.post(url, json=_signed(signer, "dev-1", 1), timeout=5).status_code == 202
