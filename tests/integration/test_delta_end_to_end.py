@@ -11,16 +11,22 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.delta.test_deflate_tokens import _changelog
 from tests.delta.test_delta import _binary, _shift, _tar
-from tests.integration.test_end_to_end import BIN, _agent_status, _env, _free_port, agent, tufota
+from tests.integration.test_end_to_end import (
+    BIN,
+    _agent_status,
+    _env,
+    _free_port,
+    agent,
+    tufota,
+    wait_until_healthy,
+)
 
 HW = "gw-100"
 
@@ -64,16 +70,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/api/v1/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        wait_until_healthy(process, url)
         yield repo, url
     finally:
         process.terminate()

@@ -22,6 +22,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "TUFOTA_PASSPHRASE": PASSPHRASE}
 
 
+def wait_until_healthy(server: subprocess.Popen[str], url: str, timeout: float = 30) -> None:
+    """Wait for a started ``tufota serve`` to answer its health check (or fail the test)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{url}/api/v1/health", timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert server.poll() is None, server.communicate()[1]
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
 def tufota(*args: str) -> str:
     result = subprocess.run(
         [str(BIN / "tufota"), *args],
@@ -105,16 +119,7 @@ def served_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/api/v1/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None, server.communicate()[1]
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        wait_until_healthy(server, url)
         yield repo, url
     finally:
         server.terminate()
